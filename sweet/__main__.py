@@ -1,0 +1,3 @@
+from sweet.cli import main
+
+main()

@@ -1,0 +1,323 @@
+"""`python -m sweet <stage>`: the commands the workflow's rules call, one per stage of the data flow.
+
+prepare → init-backbone → split → train (→ combine for MM) → calibrate → evaluate → curves → aggregate → figures.
+User errors end with one line on stderr naming the field and the fix, exit code 2, and no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sweet.errors import UserError
+
+
+def _json_arg(value: str) -> dict:
+    """A JSON object given inline or as @path."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at char {err.pos})") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return parsed
+
+
+def _layers_arg(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' must be comma-separated layer counts, e.g. 1,4,6,12") from None
+
+
+def _meta_arg(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"'{value}' must be KEY=VALUE")
+    return key, val
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from sweet.data import prepare_task
+
+    prepare_task(args.task, args.task_spec, args.out)
+
+
+def cmd_init_backbone(args: argparse.Namespace) -> None:
+    from sweet.backbones import init_backbone
+
+    init_backbone(args.model_spec, args.out)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from sweet.data import load_prepared, make_splits
+    from sweet.io import write_json
+
+    task = load_prepared(args.task_dir)
+    splits = make_splits(len(task.train), args.budget, args.calibration_size, args.seed, calibrate_on=args.calibrate_on)
+    if "warning" in splits:
+        print(f"warning: {splits['warning']}", file=sys.stderr)
+    write_json(args.out, {"task": task.name, **splits})
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from sweet.data import load_prepared
+    from sweet.train import TrainSpec, train, write_training_record
+
+    spec = TrainSpec.from_dict(args.train_spec)
+    task = load_prepared(args.task_dir)
+    splits = json.loads(Path(args.splits).read_text())
+    rows = _select(task.train, splits["train_ids"], args.splits)
+    work_dir = args.work_dir or Path(args.out).with_name(Path(args.out).name + ".checkpoints")
+    record = train(
+        rows, task.num_labels, args.backbone, args.exit_layers, args.method, args.seed, spec,
+        out=args.out, work_dir=work_dir, member=args.member,
+    )
+    write_training_record({"task": task.name, **record}, args.metrics, args.gradient_conflict_out)
+
+
+def cmd_combine(args: argparse.Namespace) -> None:
+    from sweet.multimodel import MemberModel, write_multimodel_config
+
+    out = Path(args.out)
+    depths = []
+    for member in args.members:
+        path = Path(member)
+        if path.parent.resolve() != out.parent.resolve():
+            raise UserError(f"--members: {member} must be a folder beside {out} (the MultiModel folder)")
+        depths.append(MemberModel.from_pretrained(path).depth)
+    write_multimodel_config(out.parent, [Path(m).name for m in args.members], depths)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from sweet.batches import encode, load_tokenizer
+    from sweet.calibrate import calibrate_exits
+    from sweet.data import load_prepared
+    from sweet.evaluate import exit_logits, load_model
+    from sweet.io import write_json
+
+    task = load_prepared(args.task_dir)
+    splits = json.loads(Path(args.splits).read_text())
+    pool = task.eval if splits.get("calibrate_on") == "eval" else task.train
+    rows = _select(pool, splits["calibration_ids"], args.splits)
+    model = load_model(args.model)
+    tokenizer = load_tokenizer(args.model)
+    model.pad_token_id = tokenizer.pad_token_id or 0
+    logits, _ = exit_logits(model, encode(rows, tokenizer), args.batch_size)
+    labels = [r["label"] for r in rows]
+    import numpy as np
+
+    result = calibrate_exits(logits, np.asarray(labels))
+    result["split"] = "eval (reference protocol)" if splits.get("calibrate_on") == "eval" else "calibration (unused training pool)"
+    write_json(args.out, result)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from sweet.data import load_prepared
+    from sweet.evaluate import evaluate
+
+    task = load_prepared(args.task_dir)
+    temperatures = json.loads(Path(args.temperatures).read_text())["temperatures"] if args.temperatures else None
+    rows = list(task.eval)
+    if temperatures is None:
+        from sweet.evaluate import load_model
+
+        temperatures = [1.0] * load_model(args.model).num_exits
+    evaluate(args.model, rows, temperatures, args.out, args.batch_size)
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    from sweet.curves import curve_rows, exit_rows, load_logits, with_meta
+    from sweet.data import compute_metrics, load_prepared
+    from sweet.io import write_csv
+
+    task = load_prepared(args.task_dir)
+    logits = load_logits(args.logits)
+    meta = dict(args.meta or [])
+    curves = curve_rows(logits, task.metrics, task.primary_metric, compute_metrics, args.thresholds, args.dense)
+    exits = exit_rows(logits, task.metrics, task.primary_metric, compute_metrics)
+    write_csv(args.exits_out, with_meta(exits, meta))
+    write_csv(args.out, with_meta(curves, meta))
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from sweet.audit import separation_audit
+    from sweet.model import EarlyExitModel
+
+    model = EarlyExitModel.from_pretrained(
+        args.backbone, num_labels=args.num_labels, exit_layers=args.exit_layers, method=args.method,
+        shared_pooler=args.shared_pooler,
+    )
+    report = separation_audit(model, vocab_size=model.backbone.config.vocab_size)
+    if args.out:
+        from sweet.io import write_json
+
+        write_json(args.out, report)
+    print(f"{args.method} on {args.backbone}, exits {model.exit_layers}: "
+          f"{report['n_parameters_shared']} parameter tensors receive gradient from more than one exit")
+    for name, exits in report["shared"].items():
+        print(f"  {name}: exits {exits}")
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    """Real early exit on the evaluation split (checks the offline curves; used by the benchmarks)."""
+    import numpy as np
+
+    from sweet.batches import encode, load_tokenizer
+    from sweet.data import compute_metrics, load_prepared
+    from sweet.evaluate import load_model
+    from sweet.exits import EXIT_RULES
+    from sweet.infer import run_early_exit
+
+    task = load_prepared(args.task_dir)
+    model = load_model(args.model)
+    tokenizer = load_tokenizer(args.model)
+    rows = list(task.eval)
+    temperatures = np.asarray(json.loads(Path(args.temperatures).read_text())["temperatures"])
+    preds, exits = run_early_exit(
+        model, encode(rows, tokenizer), EXIT_RULES[args.rule], args.threshold, temperatures,
+        args.batch_size, tokenizer.pad_token_id or 0,
+    )
+    scores = compute_metrics(task.metrics, preds, np.array([r["label"] for r in rows]))
+    costs = np.asarray(model.exit_layers)
+    if not hasattr(model, "config"):
+        costs = np.cumsum(costs)
+    fraction = costs[exits].sum() / (len(rows) * model.exit_layers[-1])
+    print(json.dumps({"rule": args.rule, "threshold": args.threshold, **scores, "layer_fraction": fraction,
+                      "speedup": 1 / fraction}))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    p = sub.add_parser("prepare", help="validate a task's data and write results/data/<task>/")
+    p.add_argument("--task", required=True, help="task name (a key of the config's tasks:)")
+    p.add_argument("--task-spec", type=_json_arg, required=True, help="the task's config mapping as JSON (or @file)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("init-backbone", help="a randomly initialised backbone folder from an inline config")
+    p.add_argument("--model-spec", type=_json_arg, required=True, help="JSON: model_type, sizes, tokenizer, seed")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_init_backbone)
+
+    p = sub.add_parser("split", help="seeded training subset and calibration split")
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--budget", type=int, required=True, help="training examples")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--calibration-size", type=int, default=1000)
+    p.add_argument("--calibrate-on", choices=["pool", "eval"], default="pool",
+                   help="pool: unused training examples (default); eval: the reference's protocol (biased)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="fine-tune an EE/SWEET model or one MM member")
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--backbone", required=True, help="local folder or hub id")
+    p.add_argument("--exit-layers", type=_layers_arg, required=True, help="1-based, e.g. 1,4,6,12")
+    p.add_argument("--method", choices=["ee", "sweet", "mm"], required=True)
+    p.add_argument("--member", type=int, help="MM: which member (1-based) to train")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--train-spec", type=_json_arg, default={}, help="training options as JSON (see TrainSpec)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--metrics", required=True, help="training record (JSON) to write")
+    p.add_argument("--gradient-conflict-out", help="CSV of the gradient-conflict probe (EE with the probe on)")
+    p.add_argument("--work-dir", help="checkpoints for resuming (default: <out>.checkpoints)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("combine", help="MM: declare trained members as one MultiModel folder")
+    p.add_argument("--members", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="<model>/sweet_config.json")
+    p.set_defaults(func=cmd_combine)
+
+    p = sub.add_parser("calibrate", help="per-exit temperature scaling on the calibration split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("evaluate", help="per-exit logits of the evaluation split, in one batched pass")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--temperatures", help="temperatures.json from `calibrate` (default: T = 1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True, help="logits.npz")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("curves", help="speed–accuracy curves for every exit rule, and each exit's score")
+    p.add_argument("--logits", required=True)
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--meta", type=_meta_arg, nargs="*", help="identity columns, e.g. task=sst2 seed=1")
+    p.add_argument("--thresholds", type=int, default=11, help="points of the reference grid")
+    p.add_argument("--dense", type=int, default=101, help="points of the dense grid")
+    p.add_argument("--out", required=True, help="curves.csv")
+    p.add_argument("--exits-out", required=True, help="individual_exits.csv")
+    p.set_defaults(func=cmd_curves)
+
+    p = sub.add_parser("audit", help="list parameters that receive gradient from more than one exit")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--exit-layers", type=_layers_arg, required=True)
+    p.add_argument("--method", choices=["ee", "sweet"], required=True)
+    p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--shared-pooler", action="store_true")
+    p.add_argument("--out", help="write the report as JSON")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("infer", help="real early-exit inference on the evaluation split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--temperatures", required=True)
+    p.add_argument("--rule", default="confidence", choices=["confidence", "entropy", "patience", "learned"])
+    p.add_argument("--threshold", type=float, required=True)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.set_defaults(func=cmd_infer)
+
+    try:
+        from sweet.aggregate import add_cli
+    except ImportError:
+        add_cli = None
+    if add_cli is not None:
+        add_cli(sub)
+    return parser
+
+
+def _select(rows: Any, ids: list[int], source: str) -> list[dict]:
+    by_id = {r["id"]: r for r in rows}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UserError(f"{source}: ids {missing[:5]} are not in the prepared data; rerun `split` for this task")
+    return [by_id[i] for i in ids]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except FileNotFoundError as err:
+        print(f"error: {err.filename}: no such file; check the path (or run the stage that writes it)", file=sys.stderr)
+        sys.exit(2)

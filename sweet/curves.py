@@ -1,0 +1,101 @@
+"""Speed–accuracy curves and per-exit scores, exactly, from a run's stored per-exit logits.
+
+For each exit rule and threshold the exit taken by every example follows from the logits alone
+(``sweet.exits.simulate``), so the whole curve costs one pass of the model plus array arithmetic; the reference
+re-ran the evaluation set at batch size 1 once per threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sweet.cost import EncoderShape, flops_fraction, layer_fraction
+from sweet.exits import EXIT_RULES, calibrated_probs, oracle_exits, simulate
+
+MetricFn = Callable[[list[str], np.ndarray, np.ndarray], dict[str, float]]
+
+
+def load_logits(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def threshold_grid(rule_name: str, num_labels: int, num_exits: int, n: int, dense: int) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the reference's ``n``-point grid and a ``dense`` grid, and which points are the reference's."""
+    rule = EXIT_RULES[rule_name]
+    reference = rule.thresholds(num_labels, num_exits, n)
+    grid = np.unique(np.concatenate([reference, rule.thresholds(num_labels, num_exits, dense)]))
+    is_reference = np.isclose(grid[:, None], reference[None, :], rtol=0, atol=1e-12).any(axis=1)
+    return grid, is_reference
+
+
+def curve_rows(
+    logits: dict[str, np.ndarray], metric_names: list[str], primary: str, metrics: MetricFn, n: int = 11, dense: int = 101
+) -> pd.DataFrame:
+    """One row per exit rule × threshold (plus the oracle): score, layer fraction, speedup, FLOPs fraction."""
+    probs = calibrated_probs(logits["exit_logits"], logits["temperatures"])
+    labels = logits["labels"]
+    lte = logits.get("lte_scores")
+    method = str(logits["method"])
+    exit_layers = logits["exit_layers"]
+    costs = logits["layer_costs"]
+    full_depth = int(exit_layers[-1])
+    shape = EncoderShape(int(logits["hidden_size"]), int(logits["intermediate_size"]), int(logits["num_labels"]))
+    num_exits, _, num_labels = probs.shape
+
+    def row(strategy: str, threshold: float, reference: bool, exit_index: np.ndarray) -> dict:
+        preds = probs[exit_index, np.arange(len(labels))].argmax(axis=-1)
+        scores = metrics(metric_names, preds, labels)
+        fraction = layer_fraction(exit_index, costs, full_depth)
+        counts = np.bincount(exit_index, minlength=num_exits) / len(labels)
+        return {
+            "strategy": strategy,
+            "threshold": float(threshold),
+            "reference_threshold": int(reference),
+            "score": scores[primary],
+            "metric": primary,
+            "speedup": 1.0 / fraction,
+            "layer_fraction": fraction,
+            "flops_fraction": flops_fraction(exit_index, logits["lengths"], exit_layers, method, shape),
+            **{f"{name}": value for name, value in scores.items() if name != primary},
+            "exit_share": " ".join(f"{c:.4f}" for c in counts),
+        }
+
+    rows = []
+    for name, rule in EXIT_RULES.items():
+        if rule.needs_lte and lte is None:
+            continue
+        grid, is_reference = threshold_grid(name, num_labels, num_exits, n, dense)
+        for threshold, reference in zip(grid, is_reference):
+            rows.append(row(name, threshold, reference, simulate(rule, probs, lte, threshold)))
+    rows.append(row("oracle", float("nan"), False, oracle_exits(probs, labels)))
+    return pd.DataFrame(rows)
+
+
+def exit_rows(logits: dict[str, np.ndarray], metric_names: list[str], primary: str, metrics: MetricFn) -> pd.DataFrame:
+    """Each exit's own score (every example answered by that exit)."""
+    labels = logits["labels"]
+    rows = []
+    for k, exit_logits in enumerate(logits["exit_logits"]):
+        scores = metrics(metric_names, exit_logits.argmax(axis=-1), labels)
+        rows.append(
+            {
+                "exit": k + 1,
+                "exit_layer": int(logits["exit_layers"][k]),
+                "score": scores[primary],
+                "metric": primary,
+                **{name: value for name, value in scores.items() if name != primary},
+                "temperature": float(logits["temperatures"][k]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def with_meta(frame: pd.DataFrame, meta: dict[str, str | int]) -> pd.DataFrame:
+    """Prefix the run's identity columns (task, model, budget, method, seed)."""
+    front = pd.DataFrame({k: [v] * len(frame) for k, v in meta.items()})
+    return pd.concat([front, frame.reset_index(drop=True)], axis=1)

@@ -1,0 +1,94 @@
+"""Every exit, computed once: one batched pass over a split stores per-example, per-exit logits.
+
+Nothing downstream re-runs a model: each exit's own score, every exit rule at every threshold, and the speed
+accounting are exact functions of these logits (an exit's logits do not depend on whether an earlier exit was
+taken), which is what ``sweet.curves`` computes and ``sweet.infer`` proves equal to real early exit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sweet.batches import encode, load_tokenizer, model_device, sorted_batches, to_device
+from sweet.cost import layer_costs
+from sweet.errors import UserError
+from sweet.io import write_npz
+from sweet.model import CONFIG_NAME, EarlyExitModel
+from sweet.multimodel import MultiModel
+
+
+def load_model(model_dir: str | Path) -> EarlyExitModel | MultiModel:
+    """A trained EarlyExitModel or MultiModel folder, told apart by its ``sweet_config.json``."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise UserError(f"--model: {model_dir} has no {CONFIG_NAME}; give the folder written by `sweet train` / `sweet combine`")
+    kind = json.loads(config_path.read_text()).get("kind")
+    model = MultiModel.from_pretrained(model_dir) if kind == "multi-model" else EarlyExitModel.from_pretrained(model_dir)
+    model.eval()
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model
+
+
+def method_of(model: EarlyExitModel | MultiModel) -> str:
+    return "mm" if isinstance(model, MultiModel) else model.config.method
+
+
+@torch.inference_mode()
+def exit_logits(model: nn.Module, features: list[dict], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-exit logits [E, N, C] (and learned-to-exit scores [E, N]) in the order of ``features``."""
+    pad_id = getattr(model, "pad_token_id", 0)
+    device = model_device(model)
+    logits: np.ndarray | None = None
+    lte: np.ndarray | None = None
+    for idx, batch in sorted_batches(features, batch_size, pad_id):
+        batch.pop("labels", None)
+        out = model(**to_device(batch, device))
+        chunk = out.exit_logits.float().cpu().numpy()
+        if logits is None:
+            logits = np.zeros((chunk.shape[0], len(features), chunk.shape[2]), dtype=np.float32)
+            if out.lte_scores is not None:
+                lte = np.zeros((chunk.shape[0], len(features)), dtype=np.float32)
+        logits[:, idx] = chunk
+        if lte is not None:
+            lte[:, idx] = out.lte_scores.float().cpu().numpy()
+    assert logits is not None, "no examples"
+    return logits, lte
+
+
+def encoder_shape(model: EarlyExitModel | MultiModel) -> dict[str, int]:
+    config = model.members[-1].classifier.config if isinstance(model, MultiModel) else model.backbone.config
+    return {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size}
+
+
+def evaluate(model_dir: str | Path, rows: list[dict], temperatures: list[float], out: str | Path, batch_size: int = 64) -> None:
+    """Write ``logits.npz`` for ``rows`` (the evaluation split) with everything the curves need."""
+    model = load_model(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    model.pad_token_id = tokenizer.pad_token_id or 0
+    features = encode(rows, tokenizer)
+    logits, lte = exit_logits(model, features, batch_size)
+    if len(temperatures) != logits.shape[0]:
+        raise UserError(f"--temperatures: {len(temperatures)} temperatures for {logits.shape[0]} exits; recalibrate this model")
+    method = method_of(model)
+    arrays = {
+        "exit_logits": logits,
+        "temperatures": np.asarray(temperatures, dtype=np.float32),
+        "labels": np.array([r["label"] for r in rows], dtype=np.int64),
+        "ids": np.array([r["id"] for r in rows], dtype=np.int64),
+        "lengths": np.array([len(f["input_ids"]) for f in features], dtype=np.int64),
+        "exit_layers": np.asarray(model.exit_layers, dtype=np.int64),
+        "layer_costs": layer_costs(model.exit_layers, method),
+        "method": np.array(method),
+        "num_labels": np.array(logits.shape[2]),
+        **{k: np.array(v) for k, v in encoder_shape(model).items()},
+    }
+    if lte is not None:
+        arrays["lte_scores"] = lte
+    write_npz(out, arrays)

@@ -1,0 +1,97 @@
+"""Exit rules: when does an example stop at exit k?
+
+Each rule is a *causal* decision: whether exit k fires may depend on exits 1..k only. The same function decides
+offline (on stored per-exit logits of the whole evaluation set, for every threshold at once) and online (in the
+real early-exit runner, on the exits computed so far), which is what makes the two provably agree. The last exit
+always answers. Adding a rule is one ``ExitRule`` entry in ``EXIT_RULES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def calibrated_probs(exit_logits: np.ndarray, temperatures: np.ndarray | None = None) -> np.ndarray:
+    """softmax(logits / T_k) per exit, in float64 so offline and online decisions see the same numbers."""
+    logits = np.asarray(exit_logits, dtype=np.float64)
+    if temperatures is not None:
+        logits = logits / np.asarray(temperatures, dtype=np.float64).reshape(-1, *([1] * (logits.ndim - 1)))
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _confidence(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+    return probs.max(axis=-1) >= threshold
+
+
+def _entropy(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+    # DeeBERT exits when the entropy is low; normalised by log(C) so one threshold grid [0, 1] fits any task.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    return -plogp.sum(axis=-1) / np.log(probs.shape[-1]) <= threshold
+
+
+def _patience(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+    # PABEE: exit once the prediction has stayed the same for `threshold` consecutive exits after the first.
+    preds = probs.argmax(axis=-1)
+    streak = np.zeros(preds.shape, dtype=np.int64)
+    for k in range(1, preds.shape[0]):
+        streak[k] = np.where(preds[k] == preds[k - 1], streak[k - 1] + 1, 0)
+    return streak >= threshold
+
+
+def _learned(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+    if lte is None:
+        raise ValueError("the learned rule needs learned-to-exit scores (train with learned_exit)")
+    return np.asarray(lte, dtype=np.float64) >= threshold
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    name: str
+    fires: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]  # probs [K,N,C], lte [K,N] → bool [K,N]
+    thresholds: Callable[[int, int, int], np.ndarray]  # (num_labels, num_exits, n) → grid
+    needs_lte: bool = False
+
+
+def _prob_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
+    # The reference's grid: linspace(1/num_labels, 1, n).
+    return np.linspace(1.0 / num_labels, 1.0, n)
+
+
+def _unit_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, n)
+
+
+def _patience_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
+    return np.arange(num_exits, dtype=np.float64)
+
+
+EXIT_RULES: dict[str, ExitRule] = {
+    "confidence": ExitRule("confidence", _confidence, _prob_grid),
+    "entropy": ExitRule("entropy", _entropy, _unit_grid),
+    "patience": ExitRule("patience", _patience, _patience_grid),
+    "learned": ExitRule("learned", _learned, _unit_grid, needs_lte=True),
+}
+
+
+def first_firing_exit(fires: np.ndarray) -> np.ndarray:
+    """Index of the first exit that fires for each example; the last exit answers when none does."""
+    fires = np.array(fires, dtype=bool, copy=True)
+    fires[-1] = True
+    return fires.argmax(axis=0)
+
+
+def simulate(rule: ExitRule, probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+    """Exit index per example under ``rule`` at ``threshold``, from every exit's probabilities."""
+    return first_firing_exit(rule.fires(probs, lte, threshold))
+
+
+def oracle_exits(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Earliest exit whose prediction is correct; examples no exit gets right take the cheapest (first) exit."""
+    correct = probs.argmax(axis=-1) == np.asarray(labels)[None, :]
+    return np.where(correct.any(axis=0), correct.argmax(axis=0), 0)

@@ -1,0 +1,257 @@
+"""Fine-tuning with the Hugging Face Trainer: EE and SWEET models, or one Multi-Model member.
+
+Read top to bottom: the hyper-parameters (``TrainSpec``), the Trainer subclass that logs each exit's loss and
+optionally probes gradient conflict, and ``train`` which wires data, model and Trainer together, resumes from the
+last checkpoint after a kill, and writes the model atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from sweet.audit import separation_audit
+from sweet.batches import encode
+from sweet.errors import UserError
+from sweet.io import atomic_dir, write_csv, write_json
+from sweet.model import EarlyExitModel
+from sweet.multimodel import MemberModel
+from sweet.provenance import provenance
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainSpec:
+    """Hyper-parameters; defaults are the paper's seed commands where it states them."""
+
+    learning_rate: float = 5e-5  # seed
+    batch_size: int = 16  # seed
+    epochs: float = 2.0  # seed
+    max_length: int = 256  # seed
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = 1
+    precision: str = "fp32"  # bf16/fp16 apply on a GPU only
+    shared_pooler: bool = False  # True: the reference's single pooler shared by all exits
+    learned_exit: bool = False  # train learned-to-exit heads (the `learned` exit rule)
+    gradient_conflict_every: int = 0  # EE only: probe per-exit gradient cosines every N steps (0 = off)
+    save_steps: int = 200  # checkpoint interval, for resuming a killed job
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], field: str = "training") -> TrainSpec:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise UserError(f"{field}.{key}: unknown training option; known: {', '.join(known)}")
+        spec = cls(**values)
+        for name in ("learning_rate", "epochs"):
+            if not isinstance(getattr(spec, name), (int, float)) or getattr(spec, name) <= 0:
+                raise UserError(f"{field}.{name}: must be a positive number, got {getattr(spec, name)!r}")
+        for name in ("batch_size", "max_length", "gradient_accumulation_steps", "save_steps"):
+            value = getattr(spec, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{field}.{name}: must be a positive integer, got {value!r}")
+        if spec.precision not in PRECISIONS:
+            raise UserError(f"{field}.precision: '{spec.precision}' is not one of {', '.join(PRECISIONS)}")
+        return spec
+
+
+class ExitTrainer(Trainer):
+    """The stock Trainer, plus each exit's loss in the logs and the optional gradient-conflict probe."""
+
+    def __init__(self, *args: Any, conflict_every: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conflict_every = conflict_every
+        self.conflict_rows: list[dict] = []
+        self._exit_loss_sum: torch.Tensor | None = None
+        self._exit_loss_batches = 0
+        self._probed_step = -1
+
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
+        step = self.state.global_step
+        if self.conflict_every and step % self.conflict_every == 0 and step != self._probed_step:
+            self._probed_step = step
+            self.conflict_rows += gradient_conflict(self.accelerator.unwrap_model(model), inputs, step)
+        outputs = model(**inputs)
+        losses = outputs.exit_losses.detach().float()
+        self._exit_loss_sum = losses if self._exit_loss_sum is None else self._exit_loss_sum + losses
+        self._exit_loss_batches += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._exit_loss_batches and "loss" in logs:
+            means = (self._exit_loss_sum / self._exit_loss_batches).tolist()
+            logs.update({f"loss_exit_{k + 1}": round(v, 6) for k, v in enumerate(means)})
+            self._exit_loss_sum, self._exit_loss_batches = None, 0
+        super().log(logs, start_time)
+
+
+def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
+    """Cosine between each block's own-exit gradient and every later exit's (and their sum), on one batch.
+
+    Block k holds the layers between exit k-1 and exit k (block 1 also the embeddings). The RNG state is restored
+    afterwards, so turning the probe on does not change the training run.
+    """
+    if not isinstance(model, EarlyExitModel):
+        return []
+    rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    out = model(**inputs)
+    blocks = block_parameters(model)
+    flat = [p for block in blocks for p in block]
+    per_exit = []
+    for k in range(model.num_exits):
+        grads = torch.autograd.grad(out.exit_losses[k], flat, retain_graph=k < model.num_exits - 1, allow_unused=True)
+        per_exit.append([torch.zeros_like(p) if g is None else g for p, g in zip(flat, grads)])
+    torch.random.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    rows = []
+    start = 0
+    for b, block in enumerate(blocks):
+        span = slice(start, start + len(block))
+        start += len(block)
+        own = torch.cat([g.flatten() for g in per_exit[b][span]]).float()
+        later = [torch.cat([g.flatten() for g in per_exit[j][span]]).float() for j in range(b + 1, model.num_exits)]
+        for j, other in zip(range(b + 1, model.num_exits), later):
+            rows.append({"step": step, "block": b + 1, "exit": b + 1, "other": str(j + 1), "cosine": _cosine(own, other)})
+        if len(later) > 1:
+            rows.append({"step": step, "block": b + 1, "exit": b + 1, "other": "sum", "cosine": _cosine(own, sum(later))})
+    return rows
+
+
+def block_parameters(model: EarlyExitModel) -> list[list[nn.Parameter]]:
+    """Backbone parameters grouped by block: block 1 = embeddings + layers 1..L_1, block k = layers L_{k-1}+1..L_k."""
+    layers = model.layers
+    blocks: list[list[nn.Parameter]] = []
+    previous = 0
+    for k, layer in enumerate(model.exit_layers):
+        params = [p for m in layers[previous:layer] for p in m.parameters()]
+        if k == 0:
+            params = list(model.backbone.embeddings.parameters()) + params
+        blocks.append(params)
+        previous = layer
+    return blocks
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    denominator = a.norm() * b.norm()
+    return float((a @ b / denominator).item()) if denominator > 0 else float("nan")
+
+
+def train(
+    rows: list[dict],
+    num_labels: int,
+    backbone: str,
+    exit_layers: list[int],
+    method: str,
+    seed: int,
+    spec: TrainSpec,
+    out: str | Path,
+    work_dir: str | Path,
+    member: int | None = None,
+) -> dict:
+    """Fine-tune on ``rows`` and write the model to ``out``; returns the training record for the metrics file."""
+    set_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    tokenizer.model_max_length = spec.max_length  # saved with the model, so evaluation truncates the same way
+    if method == "mm":
+        if member is None or not 1 <= member <= len(exit_layers):
+            raise UserError(f"--member: MM trains one member at a time; give 1..{len(exit_layers)}")
+        model: nn.Module = MemberModel.from_checkpoint(backbone, num_labels, exit_layers[member - 1], spec.learned_exit)
+    else:
+        if member is not None:
+            raise UserError("--member: only MM (--method mm) has members")
+        model = EarlyExitModel.from_pretrained(
+            backbone, num_labels=num_labels, exit_layers=exit_layers, method=method,
+            shared_pooler=spec.shared_pooler, learned_exit=spec.learned_exit,
+        )
+    audit = separation_audit(model, vocab_size=len(tokenizer)) if isinstance(model, EarlyExitModel) else None
+
+    features = encode(rows, tokenizer, spec.max_length)
+    on_gpu = torch.cuda.is_available()
+    steps_per_epoch = math.ceil(len(features) / (spec.batch_size * spec.gradient_accumulation_steps))
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        num_train_epochs=spec.epochs,
+        learning_rate=spec.learning_rate,
+        weight_decay=spec.weight_decay,
+        warmup_steps=spec.warmup_ratio,
+        lr_scheduler_type="linear",
+        seed=seed,
+        data_seed=seed,
+        full_determinism=not on_gpu,  # exact on CPU; on GPU deterministic kernels would cost too much speed
+        use_cpu=not on_gpu,
+        bf16=on_gpu and spec.precision == "bf16",
+        fp16=on_gpu and spec.precision == "fp16",
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=1,
+        logging_steps=max(1, min(50, steps_per_epoch // 4)),
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = ExitTrainer(
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(features),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        conflict_every=spec.gradient_conflict_every if method == "ee" else 0,
+    )
+    resume = get_last_checkpoint(str(work_dir)) if Path(work_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp / "backbone" if isinstance(model, EarlyExitModel) else tmp)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "method": method,
+        "member": member,
+        "exit_layers": exit_layers,
+        "seed": seed,
+        "n_train": len(features),
+        "training": dataclasses.asdict(spec),
+        "global_steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "resumed_from": Path(resume).name if resume else None,
+        "log_history": history,
+        "separation_audit": audit,
+        "gradient_conflict": trainer.conflict_rows,
+        "provenance": provenance(),
+    }
+
+
+def write_training_record(record: dict, metrics_path: str | Path, conflict_path: str | Path | None) -> None:
+    import pandas as pd
+
+    rows = record.pop("gradient_conflict")
+    if conflict_path is not None:
+        columns = ["step", "block", "exit", "other", "cosine"]
+        write_csv(conflict_path, pd.DataFrame(rows, columns=columns))
+    write_json(metrics_path, record)
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
