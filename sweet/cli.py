@@ -96,6 +96,8 @@ def cmd_combine(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from sweet.batches import encode, load_tokenizer
     from sweet.calibrate import calibrate_exits
     from sweet.data import load_prepared
@@ -108,12 +110,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     rows = _select(pool, splits["calibration_ids"], args.splits)
     model = load_model(args.model)
     tokenizer = load_tokenizer(args.model)
-    model.pad_token_id = tokenizer.pad_token_id or 0
-    logits, _ = exit_logits(model, encode(rows, tokenizer), args.batch_size)
-    labels = [r["label"] for r in rows]
-    import numpy as np
-
-    result = calibrate_exits(logits, np.asarray(labels))
+    logits, _ = exit_logits(model, encode(rows, tokenizer), args.batch_size, tokenizer.pad_token_id or 0)
+    result = calibrate_exits(logits, np.asarray([r["label"] for r in rows]))
     result["split"] = "eval (reference protocol)" if splits.get("calibrate_on") == "eval" else "calibration (unused training pool)"
     write_json(args.out, result)
 
@@ -125,10 +123,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     task = load_prepared(args.task_dir)
     temperatures = json.loads(Path(args.temperatures).read_text())["temperatures"] if args.temperatures else None
     rows = list(task.eval)
-    if temperatures is None:
-        from sweet.evaluate import load_model
-
-        temperatures = [1.0] * load_model(args.model).num_exits
     evaluate(args.model, rows, temperatures, args.out, args.batch_size)
 
 

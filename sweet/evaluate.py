@@ -41,13 +41,14 @@ def method_of(model: EarlyExitModel | MultiModel) -> str:
 
 
 @torch.inference_mode()
-def exit_logits(model: nn.Module, features: list[dict], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+def exit_logits(
+    model: nn.Module, features: list[dict], batch_size: int = 64, pad_token_id: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-exit logits [E, N, C] (and learned-to-exit scores [E, N]) in the order of ``features``."""
-    pad_id = getattr(model, "pad_token_id", 0)
     device = model_device(model)
     logits: np.ndarray | None = None
     lte: np.ndarray | None = None
-    for idx, batch in sorted_batches(features, batch_size, pad_id):
+    for idx, batch in sorted_batches(features, batch_size, pad_token_id):
         batch.pop("labels", None)
         out = model(**to_device(batch, device))
         chunk = out.exit_logits.float().cpu().numpy()
@@ -67,13 +68,16 @@ def encoder_shape(model: EarlyExitModel | MultiModel) -> dict[str, int]:
     return {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size}
 
 
-def evaluate(model_dir: str | Path, rows: list[dict], temperatures: list[float], out: str | Path, batch_size: int = 64) -> None:
+def evaluate(
+    model_dir: str | Path, rows: list[dict], temperatures: list[float] | None, out: str | Path, batch_size: int = 64
+) -> None:
     """Write ``logits.npz`` for ``rows`` (the evaluation split) with everything the curves need."""
     model = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    model.pad_token_id = tokenizer.pad_token_id or 0
     features = encode(rows, tokenizer)
-    logits, lte = exit_logits(model, features, batch_size)
+    logits, lte = exit_logits(model, features, batch_size, tokenizer.pad_token_id or 0)
+    if temperatures is None:
+        temperatures = [1.0] * logits.shape[0]
     if len(temperatures) != logits.shape[0]:
         raise UserError(f"--temperatures: {len(temperatures)} temperatures for {logits.shape[0]} exits; recalibrate this model")
     method = method_of(model)

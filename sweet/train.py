@@ -8,6 +8,7 @@ last checkpoint after a kill, and writes the model atomically.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from sweet.audit import separation_audit
 from sweet.batches import encode
@@ -211,7 +211,7 @@ def train(
         data_collator=DataCollatorWithPadding(tokenizer),
         conflict_every=spec.gradient_conflict_every if method == "ee" else 0,
     )
-    resume = get_last_checkpoint(str(work_dir)) if Path(work_dir).is_dir() else None
+    resume = last_complete_checkpoint(work_dir)
     result = trainer.train(resume_from_checkpoint=resume)
 
     with atomic_dir(out) as tmp:
@@ -234,6 +234,29 @@ def train(
         "gradient_conflict": trainer.conflict_rows,
         "provenance": provenance(),
     }
+
+
+def last_complete_checkpoint(work_dir: str | Path) -> str | None:
+    """The newest checkpoint a killed job finished writing (the Trainer writes its state file last).
+
+    The Trainer does not write checkpoints atomically, so a job killed while saving leaves a partial folder;
+    resuming must skip it rather than crash on it.
+    """
+    folder = Path(work_dir)
+    if not folder.is_dir():
+        return None
+    steps = sorted(
+        (int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
+    )
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        if (path / "rng_state.pth").is_file() and (path / "optimizer.pt").is_file():
+            return str(path)
+    return None
 
 
 def write_training_record(record: dict, metrics_path: str | Path, conflict_path: str | Path | None) -> None:
