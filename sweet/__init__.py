@@ -4,8 +4,29 @@ Rotem, Hassid, Mamou & Schwartz, "Finding the SWEET Spot: Analysis and Improveme
 Resource Settings", ACL 2023.
 """
 
-from sweet.model import EarlyExitConfig, EarlyExitModel, ExitOutput
-from sweet.multimodel import MultiModel
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweet.model import EarlyExitConfig, EarlyExitModel, ExitOutput
+    from sweet.multimodel import MultiModel
 
 __all__ = ["EarlyExitConfig", "EarlyExitModel", "ExitOutput", "MultiModel"]
 __version__ = "0.1.0"
+
+# The public classes pull in torch and transformers (seconds to import). They load on first access so that the
+# light modules (sweet.config, sweet.aggregate) stay fast for Snakemake's parse step and the table/figure rules.
+_LAZY = {
+    "EarlyExitConfig": "sweet.model",
+    "EarlyExitModel": "sweet.model",
+    "ExitOutput": "sweet.model",
+    "MultiModel": "sweet.multimodel",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sweet' has no attribute {name!r}")

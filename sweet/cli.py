@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         rows, task.num_labels, args.backbone, args.exit_layers, args.method, args.seed, spec,
         out=args.out, work_dir=work_dir, member=args.member,
     )
-    write_training_record({"task": task.name, **record}, args.metrics, args.gradient_conflict_out)
+    write_training_record({"task": task.name, **record}, args.metrics, args.gradient_conflict_out, dict(args.meta or []))
 
 
 def cmd_combine(args: argparse.Namespace) -> None:
@@ -164,8 +164,9 @@ def cmd_infer(args: argparse.Namespace) -> None:
     import numpy as np
 
     from sweet.batches import encode, load_tokenizer
+    from sweet.cost import layer_costs, layer_fraction
     from sweet.data import compute_metrics, load_prepared
-    from sweet.evaluate import load_model
+    from sweet.evaluate import load_model, method_of
     from sweet.exits import EXIT_RULES
     from sweet.infer import run_early_exit
 
@@ -179,10 +180,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
         args.batch_size, tokenizer.pad_token_id or 0,
     )
     scores = compute_metrics(task.metrics, preds, np.array([r["label"] for r in rows]))
-    costs = np.asarray(model.exit_layers)
-    if not hasattr(model, "config"):
-        costs = np.cumsum(costs)
-    fraction = costs[exits].sum() / (len(rows) * model.exit_layers[-1])
+    fraction = layer_fraction(exits, layer_costs(model.exit_layers, method_of(model)), model.exit_layers[-1])
     print(json.dumps({"rule": args.rule, "threshold": args.threshold, **scores, "layer_fraction": fraction,
                       "speedup": 1 / fraction}))
 
@@ -225,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--metrics", required=True, help="training record (JSON) to write")
     p.add_argument("--gradient-conflict-out", help="CSV of the gradient-conflict probe (EE with the probe on)")
+    p.add_argument("--meta", type=_meta_arg, nargs="*", help="identity columns for the probe's CSV, e.g. task=sst2")
     p.add_argument("--work-dir", help="checkpoints for resuming (default: <out>.checkpoints)")
     p.set_defaults(func=cmd_train)
 

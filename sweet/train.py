@@ -259,13 +259,15 @@ def last_complete_checkpoint(work_dir: str | Path) -> str | None:
     return None
 
 
-def write_training_record(record: dict, metrics_path: str | Path, conflict_path: str | Path | None) -> None:
+def write_training_record(
+    record: dict, metrics_path: str | Path, conflict_path: str | Path | None, meta: dict | None = None
+) -> None:
     import pandas as pd
 
     rows = record.pop("gradient_conflict")
     if conflict_path is not None:
-        columns = ["step", "block", "exit", "other", "cosine"]
-        write_csv(conflict_path, pd.DataFrame(rows, columns=columns))
+        columns = [*(meta or {}), "step", "block", "exit", "other", "cosine"]
+        write_csv(conflict_path, pd.DataFrame([{**(meta or {}), **r} for r in rows], columns=columns))
     write_json(metrics_path, record)
 
 

@@ -1,0 +1,455 @@
+"""Validation of the workflow configuration, and the disk footprint a grid will need.
+
+The Snakefile calls :func:`validate` before it plans a single job: the JSON schema first (structure, types), then
+the checks a schema cannot express (references between sections, exit layers against the backbone's depth,
+local files present, budgets that fit the training pool). Every failure is a ``UserError`` whose message starts
+with the dotted key, so the user sees one line saying what to fix.
+
+Deliberately light: PyYAML and jsonschema only, never torch or transformers, so `snakemake -n` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweet.errors import UserError
+
+RESULTS = "results"  # the output root; fixed, so no configuration value can move writes elsewhere
+METHODS = ("ee", "sweet", "mm")
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+MIN_CALIBRATION = 50  # as sweet.data.MIN_CALIBRATION: the smallest calibration split `split` accepts
+
+# Training-pool and evaluation sizes of the GLUE tasks (GLUE train / validation; MNLI: validation_matched), and
+# their label counts: known offline, so a budget that does not fit is refused before anything downloads.
+GLUE_SIZES: dict[str, tuple[int, int, int]] = {
+    "sst2": (67_349, 872, 2),
+    "mnli": (392_702, 9_815, 3),
+    "qnli": (104_743, 5_463, 2),
+    "qqp": (363_846, 40_430, 2),
+    "mrpc": (3_668, 408, 2),
+    "rte": (2_490, 277, 2),
+    "cola": (8_551, 1_043, 2),
+    "wnli": (635, 71, 2),
+}
+
+# Architecture of the hub models the paper grid names (from their config.json), so the dry run can check exit
+# layers and estimate disk use without downloading anything.
+KNOWN_BACKBONES: dict[str, dict[str, int]] = {
+    "bert-base-uncased": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=30522,
+                              max_position_embeddings=512, type_vocab_size=2),
+    "bert-large-uncased": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=30522,
+                               max_position_embeddings=512, type_vocab_size=2),
+    "roberta-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
+                         max_position_embeddings=514, type_vocab_size=1),
+    "roberta-large": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=50265,
+                          max_position_embeddings=514, type_vocab_size=1),
+    "microsoft/deberta-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
+                                   max_position_embeddings=512, type_vocab_size=0),
+    "microsoft/deberta-large": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
+                                    vocab_size=50265, max_position_embeddings=512, type_vocab_size=0),
+    "microsoft/deberta-v3-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072,
+                                      vocab_size=128100, max_position_embeddings=512, type_vocab_size=0),
+    "microsoft/deberta-v3-large": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
+                                       vocab_size=128100, max_position_embeddings=512, type_vocab_size=0),
+}
+SYNTHETIC_DEFAULTS = {"train_size": 4000, "eval_size": 1000}  # sweet.synthetic.make_task's defaults
+SYNTHETIC_VOCAB = 1000  # rough size of the offline word-level tokenizer, for the disk estimate only
+
+
+# ------------------------------------------------------------------------------------------------ public API
+@dataclass
+class Model:
+    """A model of the configuration, resolved: where its backbone comes from and how it trains."""
+
+    name: str  # the config key
+    slug: str  # the folder name under results/ ("/" → "--")
+    backbone: str | dict  # hub id, local folder, or inline mapping
+    kind: str  # "hub" | "local" | "inline"
+    exit_layers: list[int]
+    training: dict[str, Any] = field(default_factory=dict)  # model-level overrides only
+    arch: dict[str, int] | None = None  # sizes, when knowable offline
+
+
+def slug(name: str) -> str:
+    return name.replace("/", "--")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML configuration file; a syntax error names the file and line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run from the repository root or pass --configfile") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot be read ({err}); fix the file") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UserError(f"{where}: not valid YAML ({problem}); fix the syntax (spaces, not tabs; balanced brackets)")\
+            from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: must be a mapping of keys (grid:, grids:, tasks:, ...), got {type(loaded).__name__}")
+    return loaded
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """``overlay`` merged into a copy of ``base`` key by key, as snakemake merges --configfile overlays."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+
+
+def validate(config: dict, schema_path: str | Path | None = None, base_dir: str | Path = ".") -> dict[str, Model]:
+    """Check ``config`` completely; return the resolved models by name. Raises ``UserError`` on the first problem.
+
+    ``base_dir`` is where relative paths in the configuration (local data files, local backbones) are resolved:
+    the directory snakemake runs in.
+    """
+    _coerce_command_line(config)
+    _check_schema(config, load_schema(schema_path))
+    base = Path(base_dir)
+    tasks: dict = config["tasks"]
+    models = {name: _resolve_model(name, spec, base) for name, spec in config["models"].items()}
+    _check_slugs(models)
+
+    if config["grid"] not in config["grids"]:
+        name = config["grid"]
+        raise UserError(f"grid: '{name}' is not defined; use one of {', '.join(sorted(config['grids']))} "
+                        f"(or define grids.{name} in a --configfile overlay)")
+    for gname, grid in config["grids"].items():
+        key = f"grids.{gname}"
+        for t in grid["tasks"]:
+            if t not in tasks:
+                raise UserError(f"{key}.tasks: task '{t}' is not defined under tasks:; "
+                                f"define it or use one of {', '.join(sorted(tasks))}")
+        for m in grid["models"]:
+            if m not in models:
+                raise UserError(f"{key}.models: model '{m}' is not defined under models:; "
+                                f"define it or use one of {', '.join(sorted(models))}")
+        for field_name in ("budgets", "seeds"):
+            for v in grid[field_name]:
+                if not _is_int(v):
+                    raise UserError(f"{key}.{field_name}: {v!r} must be an integer")
+
+    # What only the selected grid needs: its data files present, its budgets fitting the pool.
+    grid = config["grids"][config["grid"]]
+    calibration = config.get("calibration_size", 1000)
+    on_pool = config.get("calibrate_on", "pool") == "pool"
+    for t in grid["tasks"]:
+        spec = tasks[t]
+        if spec["source"] == "local":
+            for part in ("train", "eval"):
+                path = base / spec[part]
+                if not path.is_file():
+                    raise UserError(f"tasks.{t}.{part}: file '{spec[part]}' not found (relative paths are read from "
+                                    f"{base.resolve()}); fix the path")
+                if path.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
+                    raise UserError(f"tasks.{t}.{part}: '{spec[part]}' must end in .csv, .tsv or .jsonl")
+        pool = pool_size(spec, base)
+        if pool is None:
+            continue
+        for b in grid["budgets"]:
+            # As `split` does: the calibration split may shrink (with a warning) down to MIN_CALIBRATION.
+            need = b + (min(calibration, MIN_CALIBRATION) if on_pool else 0)
+            if need > pool:
+                extra = f" plus at least {need - b} calibration examples" if on_pool else ""
+                raise UserError(
+                    f"grids.{config['grid']}.budgets: budget {b}{extra} needs {need} training examples but task "
+                    f"'{t}' has {pool}; lower the budget to at most {pool - (need - b)}"
+                    f"{' or set calibrate_on: eval' if on_pool else ''}"
+                )
+    return models
+
+
+def merged_training(config: dict, model: Model) -> dict[str, Any]:
+    """Training options of a run: defaults, then the model's overrides, then the selected grid's."""
+    spec = dict(config.get("training") or {})
+    spec.update(model.training)
+    spec.update(config["grids"][config["grid"]].get("training") or {})
+    return spec
+
+
+def pool_size(spec: dict, base: Path = Path(".")) -> int | None:
+    """Training-pool size of a task when it is knowable without downloading; None otherwise."""
+    if spec["source"] == "synthetic":
+        return int(spec.get("train_size", SYNTHETIC_DEFAULTS["train_size"]))
+    if spec["source"] == "glue":
+        return GLUE_SIZES[spec.get("glue_task", "")][0] if spec.get("glue_task") in GLUE_SIZES else None
+    return _count_rows(base / spec["train"])
+
+
+def eval_shape(spec: dict, base: Path = Path(".")) -> tuple[int, int]:
+    """(evaluation examples, classes) of a task, estimated offline, for the disk estimate."""
+    if spec["source"] == "synthetic":
+        return int(spec.get("eval_size", SYNTHETIC_DEFAULTS["eval_size"])), 2  # binary sentiment
+    if spec["source"] == "glue":
+        _, n, c = GLUE_SIZES.get(spec.get("glue_task", ""), (0, 5000, 2))
+        return n, c
+    return _count_rows(base / spec["eval"]) or 1000, 2
+
+
+# ------------------------------------------------------------------------------------------------ disk estimate
+def parameter_count(arch: dict[str, int], depth: int | None = None) -> int:
+    """Parameters of a BERT-like encoder with ``depth`` of its layers (all by default), classifier excluded."""
+    h, i = arch["hidden_size"], arch["intermediate_size"]
+    depth = arch["num_hidden_layers"] if depth is None else depth
+    embeddings = (arch.get("vocab_size", SYNTHETIC_VOCAB) + arch.get("max_position_embeddings", 512)
+                  + arch.get("type_vocab_size", 2)) * h + 2 * h
+    layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h  # attention, feed-forward, two LayerNorms
+    return embeddings + depth * layer + h * h + h  # + pooler
+
+
+def disk_estimate(config: dict, models: dict[str, Model], base: Path = Path(".")) -> dict[str, Any]:
+    """Bytes the selected grid leaves under results/, without and with kept checkpoints.
+
+    Per run: logits.npz (float32 per exit × example × class, plus learned-exit scores), curves and per-exit CSVs,
+    splits and training records; per task: the prepared JSONL. Checkpoints are float32 safetensors: the whole
+    encoder with its exits for EE/SWEET, the sum of the truncated members for MM.
+    """
+    grid = config["grids"][config["grid"]]
+    tasks = config["tasks"]
+    base_bytes = 0
+    ckpt_bytes = 0
+    unknown: set[str] = set()
+    runs = 0
+    for t in grid["tasks"]:
+        n_eval, n_cls = eval_shape(tasks[t], base)
+        pool = pool_size(tasks[t], base) or 10_000
+        base_bytes += (pool + n_eval) * 200  # prepared JSONL: ~200 bytes per example (GLUE sentence pairs)
+        for mname in grid["models"]:
+            model = models[mname]
+            n_exits = len(model.exit_layers)
+            for b in grid["budgets"]:
+                for method in grid["methods"]:
+                    n_seeds = len(grid["seeds"])
+                    runs += n_seeds
+                    per_run = n_exits * n_eval * (n_cls + 1) * 4 + n_eval * 16  # logits, lte scores, labels
+                    per_run += 700 * 200  # curves.csv: 5 rules × (11 + 101) thresholds × ~200 bytes
+                    per_run += (b + config.get("calibration_size", 1000)) * 8 + 100_000  # splits, records, logs
+                    base_bytes += per_run * n_seeds
+                    if model.arch is None:
+                        unknown.add(mname)
+                        continue
+                    if method == "mm":
+                        params = sum(parameter_count(model.arch, d) for d in model.exit_layers)
+                    else:
+                        params = parameter_count(model.arch) + n_exits * (model.arch["hidden_size"] ** 2)
+                    ckpt_bytes += params * 4 * n_seeds
+    hub_cache = sum(parameter_count(models[m].arch) * 4 for m in grid["models"]
+                    if models[m].kind == "hub" and models[m].arch is not None)
+    return {"runs": runs, "without_checkpoints": base_bytes, "with_checkpoints": base_bytes + ckpt_bytes,
+            "hub_cache": hub_cache, "unknown_models": sorted(unknown)}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def describe_disk(config: dict, models: dict[str, Model], base: Path = Path(".")) -> str:
+    est = disk_estimate(config, models, base)
+    line = (f"sweet: grid '{config['grid']}': {est['runs']} runs; expected disk under {RESULTS}/: "
+            f"{human_bytes(est['without_checkpoints'])} without checkpoints, "
+            f"{human_bytes(est['with_checkpoints'])} with keep_checkpoints: true")
+    if est["hub_cache"]:
+        line += f" (+ {human_bytes(est['hub_cache'])} of downloaded backbones in the Hugging Face cache)"
+    if est["unknown_models"]:
+        line += f"; checkpoint size unknown offline for {', '.join(est['unknown_models'])}"
+    return line
+
+
+# ------------------------------------------------------------------------------------------------ internals
+def _coerce_command_line(config: dict) -> None:
+    """`--config keep_checkpoints=true` arrives as the string "true": read it as YAML would."""
+    words = {"true": True, "false": False, "yes": True, "no": False}
+    value = config.get("keep_checkpoints")
+    if isinstance(value, str) and value.lower() in words:
+        config["keep_checkpoints"] = words[value.lower()]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _check_schema(config: dict, schema: dict) -> None:
+    import jsonschema
+
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator = validator_cls(schema)
+    errors = list(validator.iter_errors(config))
+    if not errors:
+        return
+    # Deepest, then first in document order: the most specific message is the most useful one.
+    error = min(errors, key=lambda e: (-len(e.absolute_path), [str(p) for p in e.absolute_path]))
+    error = _deepest(error)
+    raise UserError(_describe(error))
+
+
+def _deepest(error: Any) -> Any:
+    """Descend into oneOf/anyOf/if-then contexts to the error that names the actual offending key."""
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    return error
+
+
+def _describe(error: Any) -> str:
+    key = _key(error.absolute_path)
+    value = error.instance
+    kind = error.validator
+    if kind == "additionalProperties":
+        extra = sorted(set(value) - set(error.schema.get("properties", {})))
+        known = ", ".join(k for k in error.schema.get("properties", {}) if k != "source") or "none"
+        prefix = "" if key == "(top level)" else f"{key}."
+        return f"{prefix}{extra[0] if extra else '?'}: unknown key; known keys here: {known} (check the spelling)"
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else "?"
+        prefix = "" if key == "(top level)" else f"{key}."
+        return f"{prefix}{missing}: missing; add it (see config.yaml for an example)"
+    if kind == "type":
+        want = error.validator_value
+        if "minimum" in error.schema and want == "integer":
+            return f"{key}: must be an integer ≥ {error.schema['minimum']}, got {value!r}"
+        return f"{key}: must be {_a(want)}, got {value!r}"
+    if kind in ("minimum", "exclusiveMinimum"):
+        bound = "≥" if kind == "minimum" else ">"
+        return f"{key}: must be {bound} {error.validator_value}, got {value!r}"
+    if kind == "enum":
+        return f"{key}: {value!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if kind == "const":
+        return f"{key}: must be {error.validator_value!r}, got {value!r}"
+    if kind == "pattern" and "propertyNames" in error.absolute_schema_path:
+        return (f"{key}: name {value!r} may only hold letters, digits, '.', '_' and '-'"
+                f"{' (and one /)' if key == 'models' else ''} (it becomes a folder name under {RESULTS}/); rename it")
+    if kind == "pattern":
+        return (f"{key}: {value!r} may only hold letters, digits, '.', '_' and '-' (it becomes a folder name under "
+                f"{RESULTS}/); rename it")
+    if kind == "minItems":
+        return f"{key}: must list at least {error.validator_value} item(s)"
+    if kind == "minProperties":
+        return f"{key}: must define at least {error.validator_value} entry"
+    if kind == "uniqueItems":
+        return f"{key}: {value!r} lists an item twice; remove the duplicate"
+    if kind == "maxLength":
+        return f"{key}: {value!r} is longer than {error.validator_value} characters"
+    if kind == "oneOf":
+        return f"{key}: must be a hub id or local folder (string) or an inline mapping with model_type and sizes"
+    return f"{key}: {error.message}"
+
+
+def _a(json_type: Any) -> str:
+    names = {"integer": "an integer", "number": "a number", "string": "a string", "object": "a mapping",
+             "array": "a list", "boolean": "true or false"}
+    if isinstance(json_type, list):
+        return " or ".join(names.get(t, t) for t in json_type)
+    return names.get(json_type, str(json_type))
+
+
+def _resolve_model(name: str, spec: dict, base: Path) -> Model:
+    key = f"models.{name}"
+    layers = spec["exit_layers"]
+    if not layers or any(not _is_int(k) for k in layers) or layers[0] < 1 or any(
+            b <= a for a, b in zip(layers, layers[1:])):
+        raise UserError(f"{key}.exit_layers: must be strictly increasing integers ≥ 1 (layer counts, 'after layer "
+                        f"k'), got {layers}; e.g. [1, 4, 6, 12]")
+    backbone = spec["backbone"]
+    arch: dict[str, int] | None
+    if isinstance(backbone, dict):
+        kind = "inline"
+        arch = {k: backbone[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size")}
+        arch["vocab_size"] = SYNTHETIC_VOCAB
+        arch["max_position_embeddings"] = backbone.get("max_position_embeddings", 512)
+        if backbone["hidden_size"] % backbone["num_attention_heads"]:
+            raise UserError(f"{key}.backbone.hidden_size: {backbone['hidden_size']} must be a multiple of "
+                            f"num_attention_heads ({backbone['num_attention_heads']})")
+    elif backbone in KNOWN_BACKBONES:
+        kind, arch = "hub", dict(KNOWN_BACKBONES[backbone])
+    elif _looks_local(backbone, base):
+        kind = "local"
+        folder = base / Path(backbone).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{key}.backbone: local folder '{backbone}' not found (relative paths are read from "
+                            f"{base.resolve()}); fix the path or give a hub id such as bert-base-uncased")
+        arch = _local_arch(folder, f"{key}.backbone")
+    else:
+        kind, arch = "hub", None
+        if backbone.startswith("/") or ".." in backbone.split("/") or backbone.count("/") > 1:
+            raise UserError(f"{key}.backbone: '{backbone}' is neither a local folder nor a hub id (org/name)")
+    depth = arch.get("num_hidden_layers") if arch else None
+    if depth is not None and layers[-1] > depth:
+        raise UserError(f"{key}.exit_layers: {layers} goes beyond the backbone's {depth} layers; the last exit "
+                        f"must be ≤ {depth}")
+    return Model(name=name, slug=slug(name), backbone=backbone, kind=kind, exit_layers=list(layers),
+                 training=dict(spec.get("training") or {}), arch=arch)
+
+
+def _looks_local(backbone: str, base: Path) -> bool:
+    return backbone.startswith(("/", "./", "../", "~")) or (base / backbone).is_dir() or backbone.count("/") > 1
+
+
+def _local_arch(folder: Path, key: str) -> dict[str, int] | None:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{key}: '{folder}' has no config.json; point it at a saved Hugging Face model folder")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{key}: '{cfg_path}' is not valid JSON ({err}); re-save the model") from None
+    needed = ("num_hidden_layers", "hidden_size", "intermediate_size")
+    if not all(_is_int(cfg.get(k)) for k in needed):
+        return None
+    return {k: cfg[k] for k in (*needed, "vocab_size", "max_position_embeddings", "type_vocab_size")
+            if _is_int(cfg.get(k))}
+
+
+def _check_slugs(models: dict[str, Model]) -> None:
+    seen: dict[str, str] = {}
+    for name, model in models.items():
+        if model.slug in seen:
+            raise UserError(f"models.{name}: its folder name '{model.slug}' collides with models.{seen[model.slug]}; "
+                            "rename one of them")
+        seen[model.slug] = name
+
+
+def _count_rows(path: Path) -> int | None:
+    """Data rows of a local CSV/TSV/JSONL file (None when unreadable here: `prepare` reports it precisely)."""
+    try:
+        if path.stat().st_size > 200_000_000:
+            return None  # too big to count during planning; `split` checks the budget against the real pool
+        with open(path, encoding="utf-8", newline="") as fh:
+            suffix = path.suffix.lower()
+            if suffix in (".jsonl", ".json"):
+                return sum(1 for line in fh if line.strip())
+            if suffix == ".tsv":  # GLUE-style TSVs are unquoted: one line per row
+                return max(0, sum(1 for line in fh if line.strip()) - 1)
+            return max(0, sum(1 for row in csv.reader(fh) if row) - 1)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None

@@ -1,0 +1,440 @@
+"""The paper's figures, drawn from the aggregated tables in ``results/tables`` (never from a model).
+
+* ``speed_accuracy/<task>__<model>__b<budget>.{png,pdf}``: score vs. speedup for one exit rule (confidence by
+  default), one line per method = mean over seeds of each seed's Pareto-front curve on a common speedup grid,
+  band = ± one std over seeds, markers = the 11 reference thresholds (seed-averaged), stars = the oracle point
+  (every example at its earliest correct exit). ``..__allrules`` has one panel per exit rule; ``overview`` facets
+  the whole grid.
+* ``individual_exits/<task>__<model>__b<budget>.{png,pdf}``: each exit's own score per exit layer, error bars =
+  std over seeds.
+* ``gradient_conflict/<task>__<model>__b<budget>.{png,pdf}`` (runs with the probe only): block × exit heat map
+  of the mean cosine (seeds and steps pooled) and the cosine of block k's own-exit gradient with the sum of the
+  later exits' gradients over training steps.
+
+Files are written atomically and byte-reproducibly (no timestamps, fixed SVG hash salt), with a fixed colour and
+marker per method so EE, SWEET and MM look the same in every figure.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from sweet.aggregate import (
+    GROUP_KEYS,
+    RUN_KEYS,
+    STRING_COLUMNS,
+    SUMMARY_FILES,
+    display_name,
+    gradient_conflict_summary,
+    interpolate_curve,
+    method_rank,
+)
+from sweet.io import atomic_path
+
+# Okabe–Ito colours (colour-blind safe), plus a marker per method so the figures survive grey-scale printing.
+PALETTE = {"ee": "#0072B2", "sweet": "#D55E00", "mm": "#009E73"}
+MARKERS = {"ee": "o", "sweet": "s", "mm": "^"}
+EXTRA_COLOURS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+ORACLE_COLOUR = "#6E6E6E"
+STRATEGY_NAMES = {"confidence": "confidence", "entropy": "entropy", "patience": "patience",
+                  "learned": "learned-to-exit"}
+SPEEDUP_LABEL = "Speedup (×, full-model layers / layers used)"
+GRID_POINTS = 160
+RC = {
+    "svg.hashsalt": "sweet",
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "savefig.dpi": 150,
+}
+METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+            "svg": {"Date": None, "Creator": None}}
+
+
+def colour(method: str) -> str:
+    if method in PALETTE:
+        return PALETTE[method]
+    return EXTRA_COLOURS[sum(map(ord, method)) % len(EXTRA_COLOURS)]
+
+
+def marker(method: str) -> str:
+    return MARKERS.get(method, "D")
+
+
+def _methods(frame: pd.DataFrame) -> list[str]:
+    return sorted(frame["method"].unique(), key=lambda m: (method_rank(m), m))
+
+
+def _metric_axis(frame: pd.DataFrame, column: str = "score") -> tuple[float, str]:
+    """(scale, y label): fractions are shown as percentages."""
+    metric = str(frame["metric"].dropna().iloc[0]) if "metric" in frame and frame["metric"].notna().any() else "score"
+    values = frame[column].dropna().abs()
+    percent = values.empty or values.max() <= 1.0
+    name = metric.replace("_", " ")
+    name = name[:1].upper() + name[1:]
+    return (100.0, f"{name} (%)") if percent else (1.0, name)
+
+
+def _stem(task: str, model: str, budget: object) -> str:
+    return f"{task}__{str(model).replace('/', '--')}__b{budget}"
+
+
+def _save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
+    written = []
+    for fmt in formats:
+        path = stem.parent / f"{stem.name}.{fmt}"
+        # the SVG ids are hashes salted per process unless fixed, which is read when saving
+        with atomic_path(path, suffix=f".{fmt}") as tmp, mpl.rc_context({"svg.hashsalt": RC["svg.hashsalt"]}):
+            fig.savefig(tmp, format=fmt, metadata=METADATA.get(fmt), bbox_inches="tight")
+        written.append(path)
+    return written
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def _speedup_axis(ax, lo: float, hi: float, compact: bool = False) -> None:
+    """Log-2 speedup axis with plain "2×" ticks: equal ratios get equal room, 1× to 12× stays readable."""
+    ax.set_xscale("log", base=2)
+    powers = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]
+    candidates = powers if compact else [0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    ticks = [t for t in candidates if lo / 1.06 <= t <= hi * 1.06]
+    if len(ticks) > 9:
+        ticks = [t for t in ticks if t in powers]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    lo, hi = min([lo, *ticks]), max([hi, *ticks])
+    pad = (hi / lo) ** 0.03 if hi > lo else 1.1
+    ax.set_xlim(lo / pad, hi * pad)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# speed–accuracy
+
+
+def seed_band(runs: pd.DataFrame, points: int = GRID_POINTS) -> pd.DataFrame:
+    """Mean and std over seeds of the seeds' interpolated curves, on a grid over the range all seeds cover."""
+    per_seed = [(g["speedup"].to_numpy(), g["score"].to_numpy()) for _, g in runs.groupby("seed", sort=True)]
+    per_seed = [(x, y) for x, y in per_seed if np.isfinite(x).any()]
+    if not per_seed:
+        return pd.DataFrame(columns=["speedup", "mean", "std", "n"])
+    lo = max(float(np.nanmin(x)) for x, _ in per_seed)
+    hi = min(float(np.nanmax(x)) for x, _ in per_seed)
+    if not hi > lo:
+        return pd.DataFrame(columns=["speedup", "mean", "std", "n"])
+    grid = np.geomspace(lo, hi, points)
+    values = np.vstack([interpolate_curve(x, y, grid) for x, y in per_seed])
+    n = np.isfinite(values).sum(axis=0)
+    mean = np.nanmean(values, axis=0)
+    std = np.nanstd(values, axis=0, ddof=1) if len(per_seed) > 1 else np.full(grid.shape, np.nan)
+    return pd.DataFrame({"speedup": grid, "mean": mean, "std": std, "n": n})
+
+
+def _reference_points(runs: pd.DataFrame) -> pd.DataFrame:
+    if "reference_threshold" not in runs.columns:
+        return runs.iloc[0:0]
+    ref = runs[runs["reference_threshold"].fillna(0).astype(int) == 1]
+    return ref.groupby("threshold", sort=True).agg(speedup=("speedup", "mean"), score=("score", "mean")).reset_index()
+
+
+def _draw_speed_accuracy(
+    ax, block: pd.DataFrame, strategy: str, scale: float, oracle: bool = True, compact: bool = False
+) -> None:
+    curves = block[block["strategy"] == strategy]
+    xs: list[float] = []
+    for method in _methods(curves):
+        runs = curves[curves["method"] == method]
+        band = seed_band(runs)
+        c = colour(method)
+        if not band.empty:
+            ax.plot(band["speedup"], band["mean"] * scale, color=c, lw=1.8, label=display_name(method), zorder=3)
+            if band["std"].notna().any():
+                ax.fill_between(band["speedup"], (band["mean"] - band["std"]) * scale,
+                                (band["mean"] + band["std"]) * scale, color=c, alpha=0.18, lw=0, zorder=2)
+            xs += [float(band["speedup"].min()), float(band["speedup"].max())]
+        ref = _reference_points(runs)
+        if not ref.empty:
+            ax.plot(ref["speedup"], ref["score"] * scale, ls="none", marker=marker(method), ms=4.5, mfc="white",
+                    mec=c, mew=1.2, zorder=4, label=None if not band.empty else display_name(method))
+            xs += [float(ref["speedup"].min()), float(ref["speedup"].max())]
+    if oracle:
+        points = block[block["strategy"] == "oracle"]
+        for method in _methods(points):
+            p = points[points["method"] == method]
+            ax.errorbar(p["speedup"].mean(), p["score"].mean() * scale,
+                        yerr=p["score"].std() * scale if len(p) > 1 else None,
+                        marker="*", ms=11, mfc=colour(method), mec=ORACLE_COLOUR, mew=0.8, color=ORACLE_COLOUR,
+                        ls="none", capsize=2, zorder=5)
+            xs.append(float(p["speedup"].mean()))
+    xs = [x for x in xs if np.isfinite(x) and x > 0]
+    if xs:
+        _speedup_axis(ax, min(xs), max(xs), compact)
+    ax.grid(True, which="major", lw=0.5, alpha=0.5)
+
+
+def _legend_handles(methods: Sequence[str], oracle: bool, reference: bool) -> list:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour(m), lw=1.8, marker=marker(m), mfc="white", mec=colour(m), ms=4.5,
+                      label=display_name(m)) for m in methods]
+    if reference:
+        handles.append(Line2D([], [], color="none", marker="o", mfc="white", mec="black", ms=4.5,
+                              label="11 reference thresholds"))
+    if oracle:
+        handles.append(Line2D([], [], color="none", marker="*", mfc="white", mec=ORACLE_COLOUR, ms=11,
+                              label="oracle (earliest correct exit)"))
+    return handles
+
+
+def _title(task: str, model: str, budget: object) -> str:
+    return f"{task} · {model} · {budget} training examples"
+
+
+def speed_accuracy_figure(block: pd.DataFrame, strategy: str = "confidence") -> Figure | None:
+    """One task × model × budget: score vs. speedup for one exit rule, seed bands, reference marks, oracle."""
+    curves = block[block["strategy"] == strategy]
+    if curves.empty:
+        return None
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    scale, ylabel = _metric_axis(block)
+    fig = _new_figure(5.6, 3.9)
+    ax = fig.add_subplot()
+    _draw_speed_accuracy(ax, block, strategy, scale)
+    ax.set_xlabel(SPEEDUP_LABEL)
+    ax.set_ylabel(ylabel)
+    n_seeds = curves.groupby("method")["seed"].nunique()
+    seeds = f"{n_seeds.min()}" if n_seeds.min() == n_seeds.max() else f"{n_seeds.min()}–{n_seeds.max()}"
+    ax.set_title(f"{_title(task, model, budget)}\n{STRATEGY_NAMES.get(strategy, strategy)} exit rule; "
+                 f"band = ± 1 std over {seeds} seed(s)")
+    has_oracle = (block["strategy"] == "oracle").any()
+    has_ref = "reference_threshold" in curves and (curves["reference_threshold"].fillna(0) == 1).any()
+    ax.legend(handles=_legend_handles(_methods(curves), has_oracle, has_ref), loc="lower left", frameon=True,
+              framealpha=0.9)
+    return fig
+
+
+def speed_accuracy_allrules_figure(block: pd.DataFrame) -> Figure | None:
+    """One panel per exit rule (confidence, entropy, patience, learned) for one task × model × budget."""
+    strategies = [s for s in ["confidence", "entropy", "patience", "learned"] if (block["strategy"] == s).any()]
+    strategies += sorted(set(block["strategy"]) - set(strategies) - {"oracle"})
+    if not strategies:
+        return None
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    scale, ylabel = _metric_axis(block)
+    ncols = min(len(strategies), 2)
+    nrows = math.ceil(len(strategies) / ncols)
+    fig = _new_figure(4.4 * ncols, 3.3 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
+    for ax, strategy in zip(axes.flat, strategies):
+        _draw_speed_accuracy(ax, block, strategy, scale, compact=ncols > 1)
+        ax.set_title(f"{STRATEGY_NAMES.get(strategy, strategy)} exit rule")
+        ax.set_xlabel(SPEEDUP_LABEL)
+    for ax in axes.flat[len(strategies):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    fig.suptitle(_title(task, model, budget))
+    has_ref = "reference_threshold" in block and (block["reference_threshold"].fillna(0) == 1).any()
+    fig.legend(handles=_legend_handles(_methods(block), (block["strategy"] == "oracle").any(), has_ref),
+               loc="outside lower center", ncols=5, frameon=False)
+    return fig
+
+
+def overview_figure(curves: pd.DataFrame, strategy: str = "confidence") -> Figure | None:
+    """The whole grid: rows = tasks, columns = model × budget; same axes conventions as the single figures."""
+    curves = curves[curves["strategy"].isin([strategy, "oracle"])]
+    if not (curves["strategy"] == strategy).any():
+        return None
+    tasks = sorted(curves["task"].unique())
+    columns = sorted({(m, b) for m, b in zip(curves["model"], curves["budget"])}, key=lambda mb: (mb[0], mb[1]))
+    scale, ylabel = _metric_axis(curves)
+    fig = _new_figure(3.5 * len(columns) + 0.4, 2.8 * len(tasks) + 0.7)
+    axes = fig.subplots(len(tasks), len(columns), squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, (model, budget) in enumerate(columns):
+            ax = axes[i, j]
+            block = curves[(curves["task"] == task) & (curves["model"] == model) & (curves["budget"] == budget)]
+            if not (block["strategy"] == strategy).any():
+                ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes,
+                        color=ORACLE_COLOUR)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                _draw_speed_accuracy(ax, block, strategy, scale, compact=True)
+            ax.set_title(f"{task} · {model} · {budget} ex.", fontsize=9)
+            if i == len(tasks) - 1:
+                ax.set_xlabel("Speedup (×)")
+            if j == 0:
+                ax.set_ylabel(ylabel)
+    fig.suptitle(f"Speed–accuracy trade-off, {STRATEGY_NAMES.get(strategy, strategy)} exit rule "
+                 f"(bands: ± 1 std over seeds)")
+    has_ref = "reference_threshold" in curves and (curves["reference_threshold"].fillna(0) == 1).any()
+    fig.legend(handles=_legend_handles(_methods(curves), (curves["strategy"] == "oracle").any(), has_ref),
+               loc="outside lower center", ncols=5, frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# individual exits
+
+
+def individual_exits_figure(block: pd.DataFrame) -> Figure | None:
+    """Each exit's own score by exit layer, one line per method, error bars = std over seeds."""
+    if block.empty:
+        return None
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    scale, ylabel = _metric_axis(block)
+    stats = (block.groupby(["method", "exit"], sort=False)
+             .agg(layer=("exit_layer", "first"), mean=("score", "mean"), std=("score", "std"),
+                  n=("seed", "nunique")).reset_index())
+    exits = sorted(stats["exit"].unique())
+    layers = stats.groupby("exit")["layer"].first()
+    methods = _methods(stats)
+    fig = _new_figure(max(4.6, 1.1 * len(exits) + 2.2), 3.6)
+    ax = fig.add_subplot()
+    width = 0.09
+    for i, method in enumerate(methods):
+        s = stats[stats["method"] == method].sort_values("exit")
+        offset = (i - (len(methods) - 1) / 2) * width  # dodge so error bars never overlap
+        ax.errorbar(s["exit"] + offset, s["mean"] * scale, yerr=(s["std"] * scale).fillna(0).to_numpy(),
+                    color=colour(method), marker=marker(method), ms=5, lw=1.6, capsize=3,
+                    label=display_name(method))
+    ax.set_xticks(exits, [f"{int(layers[e])}" for e in exits])
+    ax.set_xlim(min(exits) - 0.4, max(exits) + 0.4)
+    ax.set_xlabel("Exit after layer (MM: depth of the member)")
+    ax.set_ylabel(ylabel)
+    n = stats["n"]
+    seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
+    ax.set_title(f"{_title(task, model, budget)}\neach exit's own score; bars = ± 1 std over {seeds} seed(s)")
+    ax.grid(True, axis="y", lw=0.5, alpha=0.5)
+    ax.legend(loc="lower right", frameon=True, framealpha=0.9)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# gradient conflict
+
+
+def _other_label(other: str) -> str:
+    return "sum of later" if other == "sum" else f"exit {other}"
+
+
+def gradient_conflict_figure(block: pd.DataFrame) -> Figure | None:
+    """Heat map block × later exit of the mean cosine (seeds, steps pooled) and, per block, the cosine with the
+    sum of later exits' gradients over training steps; one row per method that recorded the probe."""
+    block = block.dropna(subset=["cosine"])
+    if block.empty:
+        return None
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    pooled = gradient_conflict_summary(block)
+    steps = gradient_conflict_summary(block, by_step=True)
+    methods = _methods(pooled)
+    vmax = max(0.1, float(np.ceil(pooled["cosine_mean"].abs().max() * 10) / 10))
+    others = list(dict.fromkeys(pooled["other"]))  # already in exit order with "sum" last
+    blocks = sorted(pooled["block"].unique())
+    fig = _new_figure(4.0 + 0.8 * len(others) + 4.4, 0.6 + max(3.4, 0.55 * len(blocks) + 1.6) * len(methods))
+    axes = fig.subplots(len(methods), 2, squeeze=False, width_ratios=[1.0 + 0.2 * len(others), 1.6])
+    block_colours = sns.color_palette("crest", n_colors=max(len(blocks), 2))
+    for row, method in zip(axes, methods):
+        heat_ax, line_ax = row
+        p = pooled[pooled["method"] == method]
+        grid = p.pivot(index="block", columns="other", values="cosine_mean").reindex(index=blocks, columns=others)
+        grid.index = [f"block {b}" for b in grid.index]
+        grid.columns = [_other_label(o) for o in grid.columns]
+        # seaborn 0.13 calls a Colormap method that matplotlib 3.11 marks as pending removal
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(grid, ax=heat_ax, cmap="RdBu", vmin=-vmax, vmax=vmax, center=0, annot=True, fmt=".2f",
+                        annot_kws={"fontsize": 8}, linewidths=0.5, linecolor="white",
+                        cbar_kws={"label": "cosine similarity"})
+        heat_ax.set_xlabel("loss gradient of")
+        heat_ax.set_ylabel("block k, vs. its own exit k")
+        heat_ax.tick_params(axis="x", rotation=30)
+        heat_ax.tick_params(axis="y", rotation=0)
+        heat_ax.set_title(f"{display_name(method)}: mean cosine, seeds and steps pooled")
+        s = steps[(steps["method"] == method) & (steps["other"] == "sum")]
+        if s.empty:  # the probe without a "sum" column: fall back to the next exit
+            s = steps[steps["method"] == method]
+            s = s[s["other"] == s.groupby("block")["other"].transform("first")]
+        for b, colour_b in zip(blocks, block_colours):
+            sb = s[s["block"] == b].sort_values("step")
+            if sb.empty:
+                continue
+            line_ax.plot(sb["step"], sb["cosine_mean"], marker="o", ms=3, lw=1.5, color=colour_b, label=f"block {b}")
+            if sb["cosine_std"].notna().any():
+                line_ax.fill_between(sb["step"], sb["cosine_mean"] - sb["cosine_std"],
+                                     sb["cosine_mean"] + sb["cosine_std"], color=colour_b, alpha=0.15, lw=0)
+        line_ax.axhline(0, color="black", lw=0.8)
+        line_ax.set_xlabel("training step")
+        line_ax.set_ylabel("cosine: own exit vs. sum of later")
+        line_ax.set_title(f"{display_name(method)}: over training (band = ± 1 std over seeds)")
+        line_ax.grid(True, lw=0.5, alpha=0.5)
+        line_ax.legend(loc="best", fontsize=8, frameon=True, framealpha=0.9)
+    fig.suptitle(f"Gradient conflict · {_title(task, model, budget)} (negative = conflicting)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# entry point
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype=STRING_COLUMNS)
+    return frame if not frame.empty else None
+
+
+def _blocks(frame: pd.DataFrame):
+    yield from frame.groupby(GROUP_KEYS, sort=True)
+
+
+def make_figures(
+    tables_dir: str | Path, out_dir: str | Path, strategy: str = "confidence", formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """Draw every figure the tables support; returns the files written. The three sub-folders always exist."""
+    tables, out = Path(tables_dir), Path(out_dir)
+    folders = {name: out / name for name in ("speed_accuracy", "individual_exits", "gradient_conflict")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with mpl.rc_context(RC), sns.axes_style("ticks"):
+        curves = _read(tables / SUMMARY_FILES["curves"])
+        if curves is not None:
+            curves = curves.sort_values([*RUN_KEYS, "strategy", "speedup"], kind="mergesort")
+            for key, block in _blocks(curves):
+                for fig, suffix in ((speed_accuracy_figure(block, strategy), ""),
+                                    (speed_accuracy_allrules_figure(block), "__allrules")):
+                    if fig is not None:
+                        written += _save(fig, folders["speed_accuracy"] / (_stem(*key) + suffix), formats)
+            fig = overview_figure(curves, strategy)
+            if fig is not None:
+                written += _save(fig, folders["speed_accuracy"] / "overview", formats)
+        exits = _read(tables / SUMMARY_FILES["exits"])
+        if exits is not None:
+            for key, block in _blocks(exits):
+                fig = individual_exits_figure(block)
+                if fig is not None:
+                    written += _save(fig, folders["individual_exits"] / _stem(*key), formats)
+        conflicts = _read(tables / SUMMARY_FILES["conflict"])
+        if conflicts is not None:
+            conflicts["other"] = conflicts["other"].astype(str).str.replace(r"\.0$", "", regex=True)
+            for key, block in _blocks(conflicts):
+                fig = gradient_conflict_figure(block)
+                if fig is not None:
+                    written += _save(fig, folders["gradient_conflict"] / _stem(*key), formats)
+    return written

@@ -1,0 +1,114 @@
+"""Tiny randomly initialised backbones, built offline, for the model / inference tests.
+
+Every supported architecture gets a 4-layer, hidden-32 encoder saved as a stock Hugging Face folder (config +
+safetensors, no tokenizer), the way a downloaded checkpoint would look. DeBERTa(-v2) use relative attention with
+both c2p and p2c terms and (v2) a few log-buckets and the v3-style LayerNorm on the relative embeddings, so the
+parameters shared by every layer really exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModel
+
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+# Tiny models: one thread is fastest and does not fight other processes for the cores.
+torch.set_num_threads(1)
+
+ARCHITECTURES = ("bert", "roberta", "electra", "deberta", "deberta-v2")
+VOCAB = 100
+DEPTH = 4
+HIDDEN = 32
+INTERMEDIATE = 64
+
+_COMMON = {
+    "vocab_size": VOCAB,
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": DEPTH,
+    "num_attention_heads": 4,
+    "intermediate_size": INTERMEDIATE,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+    # 10x the usual init: [CLS] then depends visibly on the rest of the input, so random exits disagree
+    "initializer_range": 0.2,
+}
+
+_EXTRA: dict[str, dict] = {
+    "bert": {},
+    "roberta": {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 1},
+    "electra": {"embedding_size": HIDDEN},
+    "deberta": {
+        "relative_attention": True,
+        "pos_att_type": ["c2p", "p2c"],
+        "max_relative_positions": 16,
+        "type_vocab_size": 2,
+    },
+    "deberta-v2": {
+        "relative_attention": True,
+        "pos_att_type": ["c2p", "p2c"],
+        "position_buckets": 8,
+        "max_relative_positions": 16,
+        "norm_rel_ebd": "layer_norm",
+        "share_att_key": True,
+        "type_vocab_size": 0,
+    },
+}
+
+
+def pad_id(model_type: str) -> int:
+    return {**_COMMON, **_EXTRA[model_type]}["pad_token_id"]
+
+
+def build_backbone(model_type: str, folder: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random ``model_type`` encoder to ``folder`` (stock HF layout) and return the folder."""
+    config = AutoConfig.for_model(model_type, **{**_COMMON, **_EXTRA[model_type]})
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(folder)
+    return Path(folder)
+
+
+_CACHE: dict[str, Path] = {}
+
+
+def backbone(model_type: str, tmp_path_factory) -> Path:
+    """One backbone folder per architecture per test session (pass pytest's ``tmp_path_factory``)."""
+    if model_type not in _CACHE or not (_CACHE[model_type] / "config.json").is_file():
+        _CACHE[model_type] = build_backbone(model_type, tmp_path_factory.mktemp(f"tiny-{model_type}"))
+    return _CACHE[model_type]
+
+
+def gpt2_folder(folder: str | Path) -> Path:
+    """A config-only folder of an unsupported (decoder) architecture."""
+    config = AutoConfig.for_model("gpt2", vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=4)
+    config.save_pretrained(folder)
+    return Path(folder)
+
+
+def random_batch(
+    n: int, seq_len: int, seed: int = 0, num_labels: int = 2, pad: int = 0, min_len: int = 3
+) -> dict[str, torch.Tensor]:
+    """Random ids with varied lengths, right-padded; first id of every row a fixed "[CLS]"-like token."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, seq_len + 1, (n,), generator=g)
+    lengths[0] = seq_len
+    ids = torch.randint(5, VOCAB, (n, seq_len), generator=g)
+    ids[:, 0] = 3
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad))
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def random_features(n: int, max_len: int, seed: int = 0, min_len: int = 2) -> list[dict]:
+    """Unpadded examples of varied lengths, as ``sweet.batches.encode`` returns them."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        ids = [3] + torch.randint(5, VOCAB, (length - 1,), generator=g).tolist()
+        out.append({"input_ids": ids, "attention_mask": [1] * length})
+    return out

@@ -1,0 +1,59 @@
+# Evaluation: one batched pass per run stores every exit's logits (the single source of truth for every score,
+# curve and table); the curves of every exit rule are then computed from the stored logits, without a model.
+
+
+rule evaluate:
+    """Per-exit logits of the evaluation split, once, with the run's temperatures alongside."""
+    input:
+        model=model_inputs,
+        task_dir=task_dir,
+        temperatures="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/temperatures.json",
+    output:
+        "results/runs/{task}/{model}/b{budget}/{method}/s{seed}/logits.npz",
+    params:
+        model=model_dir,
+        batch=EVAL_BATCH,
+    log:
+        "results/logs/evaluate/{task}/{model}/b{budget}/{method}/s{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{task}/{model}/b{budget}/{method}/s{seed}.tsv"
+    group:
+        "run"
+    resources:
+        gpu=GPUS,
+        mem_mb=eval_mem_mb,
+        runtime=eval_runtime,
+    conda:
+        "../../envs/sweet.yaml"
+    threads: THREADS
+    shell:
+        "python -m sweet evaluate --model {params.model} --task-dir {input.task_dir}"
+        " --temperatures {input.temperatures} --batch-size {params.batch} --out {output} > {log} 2>&1"
+
+
+rule curves:
+    """Speed–accuracy curves of every exit rule over the threshold grids, and each exit's own score."""
+    input:
+        logits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/logits.npz",
+        task_dir=task_dir,
+    output:
+        curves="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/curves.csv",
+        exits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/individual_exits.csv",
+    params:
+        meta=meta_args,
+        thresholds=config.get("thresholds", 11),
+        dense=config.get("dense_thresholds", 101),
+    log:
+        "results/logs/curves/{task}/{model}/b{budget}/{method}/s{seed}.log",
+    group:
+        "run"
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../../envs/sweet.yaml"
+    threads: 1
+    shell:
+        "python -m sweet curves --logits {input.logits} --task-dir {input.task_dir} --meta {params.meta}"
+        " --thresholds {params.thresholds} --dense {params.dense}"
+        " --out {output.curves} --exits-out {output.exits} > {log} 2>&1"
