@@ -30,7 +30,7 @@ tasks:
   sst2-local:
     source: local
     # Relative paths are read from the repository root: the shared copy, never copied into the repo.
-    train: {data}/train.tsv  # 67,349 GLUE training sentences (the training pool and the calibration split)
+    train: {data}/train.tsv  # 60,614 of GLUE's training sentences: the training pool and the calibration split
     eval: {data}/test.tsv  # the 872 GLUE validation sentences
     text_column: sentence
     label_column: label

@@ -7,6 +7,7 @@ layer receives the batch-shaped attention mask as a positional argument; adding 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from torch import nn
@@ -63,8 +64,9 @@ def check_exit_layers(exit_layers: list[int] | tuple[int, ...], depth: int, fiel
     layers = list(exit_layers)
     if not layers:
         raise UserError(f"{field}: empty; give at least one layer count, e.g. [1, 4, 6, 12]")
-    if any(not isinstance(k, int) or isinstance(k, bool) for k in layers):
+    if any(not isinstance(k, numbers.Integral) or isinstance(k, bool) for k in layers):
         raise UserError(f"{field}: {layers} must be integers (1-based layer counts), e.g. [1, 4, 6, 12]")
+    layers = [int(k) for k in layers]
     if layers[0] < 1:
         raise UserError(f"{field}: {layers} counts layers from 1 ('after layer k'); the reference's 0_3_5_11 is [1, 4, 6, 12]")
     if any(b <= a for a, b in zip(layers, layers[1:])):

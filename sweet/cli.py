@@ -60,7 +60,10 @@ def cmd_split(args: argparse.Namespace) -> None:
     from sweet.io import write_json
 
     task = load_prepared(args.task_dir)
-    splits = make_splits(len(task.train), args.budget, args.calibration_size, args.seed, calibrate_on=args.calibrate_on)
+    splits = make_splits(
+        len(task.train), args.budget, args.calibration_size, args.seed,
+        calibrate_on=args.calibrate_on, eval_size=len(task.eval), task=task.name,
+    )
     if "warning" in splits:
         print(f"warning: {splits['warning']}", file=sys.stderr)
     write_json(args.out, {"task": task.name, **splits})
@@ -294,12 +297,13 @@ def _select(rows: Any, ids: list[int], source: str) -> list[dict]:
 
 
 def _quiet_libraries() -> None:
+    # Environment variables rather than transformers' logging API: the table and figure commands never import
+    # transformers (or torch), and these are read when (if) it is imported.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> None:

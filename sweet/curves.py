@@ -28,8 +28,14 @@ def threshold_grid(rule_name: str, num_labels: int, num_exits: int, n: int, dens
     """The union of the reference's ``n``-point grid and a ``dense`` grid, and which points are the reference's."""
     rule = EXIT_RULES[rule_name]
     reference = rule.thresholds(num_labels, num_exits, n)
-    grid = np.unique(np.concatenate([reference, rule.thresholds(num_labels, num_exits, dense)]))
-    is_reference = np.isclose(grid[:, None], reference[None, :], rtol=0, atol=1e-12).any(axis=1)
+    dense_grid = rule.thresholds(num_labels, num_exits, dense)
+    # linspace puts e.g. 0.6 of an 11-point grid at 0.6000000000000001 in a 101-point one: snap dense points
+    # that coincide with a reference point onto it, so each reference threshold appears exactly once.
+    nearest = np.abs(dense_grid[:, None] - reference[None, :]).argmin(axis=1)
+    coincide = np.isclose(dense_grid, reference[nearest], rtol=0, atol=1e-9)
+    dense_grid = np.where(coincide, reference[nearest], dense_grid)
+    grid = np.unique(np.concatenate([reference, dense_grid]))
+    is_reference = np.isin(grid, reference)
     return grid, is_reference
 
 

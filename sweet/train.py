@@ -108,25 +108,30 @@ def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     out = model(**inputs)
     blocks = block_parameters(model)
-    flat = [p for block in blocks for p in block]
-    per_exit = []
+    # Exit k's loss depends only on blocks 1..k, so its backward pass stops there: the probe costs one forward
+    # and Σ_k (layers up to exit k) of backward, not num_exits full backward passes.
+    per_exit: list[list[list[torch.Tensor]]] = []  # [exit][block][parameter]
     for k in range(model.num_exits):
-        grads = torch.autograd.grad(out.exit_losses[k], flat, retain_graph=k < model.num_exits - 1, allow_unused=True)
-        per_exit.append([torch.zeros_like(p) if g is None else g for p, g in zip(flat, grads)])
+        own_blocks = blocks[: k + 1]
+        params = [p for block in own_blocks for p in block]
+        grads = torch.autograd.grad(out.exit_losses[k], params, retain_graph=k < model.num_exits - 1, allow_unused=True)
+        grads_by_block, start = [], 0
+        for block in own_blocks:
+            block_grads = grads[start : start + len(block)]
+            grads_by_block.append([torch.zeros_like(p) if g is None else g for p, g in zip(block, block_grads)])
+            start += len(block)
+        per_exit.append(grads_by_block)
     torch.random.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
     rows = []
-    start = 0
-    for b, block in enumerate(blocks):
-        span = slice(start, start + len(block))
-        start += len(block)
-        own = torch.cat([g.flatten() for g in per_exit[b][span]]).float()
-        later = [torch.cat([g.flatten() for g in per_exit[j][span]]).float() for j in range(b + 1, model.num_exits)]
-        for j, other in zip(range(b + 1, model.num_exits), later):
-            rows.append({"step": step, "block": b + 1, "exit": b + 1, "other": str(j + 1), "cosine": _cosine(own, other)})
+    for b in range(len(blocks)):
+        own = per_exit[b][b]
+        later = {str(j + 1): per_exit[j][b] for j in range(b + 1, model.num_exits)}
         if len(later) > 1:
-            rows.append({"step": step, "block": b + 1, "exit": b + 1, "other": "sum", "cosine": _cosine(own, sum(later))})
+            later["sum"] = [sum(gs) for gs in zip(*later.values())]
+        for other, grads in later.items():
+            rows.append({"step": step, "block": b + 1, "exit": b + 1, "other": other, "cosine": _cosine(own, grads)})
     return rows
 
 
@@ -144,9 +149,12 @@ def block_parameters(model: EarlyExitModel) -> list[list[nn.Parameter]]:
     return blocks
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    denominator = a.norm() * b.norm()
-    return float((a @ b / denominator).item()) if denominator > 0 else float("nan")
+def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Cosine of two gradients given per parameter (summed per tensor: no concatenated copy of the block)."""
+    dot = sum(float((x.float() * y.float()).sum()) for x, y in zip(a, b))
+    norm_a = sum(float(x.float().square().sum()) for x in a) ** 0.5
+    norm_b = sum(float(y.float().square().sum()) for y in b) ** 0.5
+    return dot / (norm_a * norm_b) if norm_a * norm_b > 0 else float("nan")
 
 
 def train(

@@ -44,11 +44,6 @@ def test_threshold_grid_binary_confidence_marks_the_reference_points():
     np.testing.assert_allclose(grid[is_reference], np.linspace(0.5, 1, 11), rtol=0, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sweet/curves.py threshold_grid: np.unique keeps float near-duplicates of the reference points "
-    "(e.g. 0.3 and 0.30000000000000004), so 13 points are marked reference instead of 11",
-)
 @pytest.mark.parametrize(("rule", "num_labels"), [("entropy", 2), ("learned", 2), ("confidence", 3)])
 def test_threshold_grid_has_exactly_eleven_reference_points_without_duplicates(rule, num_labels):
     grid, is_reference = threshold_grid(rule, num_labels, 4, 11, 101)
@@ -312,11 +307,6 @@ def test_exit_rows():
     assert frame.score.tolist() == pytest.approx([0.5, 1.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sweet/curves.py:31-32 threshold_grid keeps float near-duplicates, so curves.csv gets 13 rows with "
-    "reference_threshold=1 (and two duplicated curve points) for entropy/learned, and for confidence when C=3",
-)
 def test_curve_rows_mark_exactly_eleven_reference_rows_per_rule():
     logits = _logits_dict()
     logits["lte_scores"] = np.array([[0.9, 0.2, 0.6, 0.1], [0.5, 0.5, 0.5, 0.5]], dtype=np.float32)

@@ -346,3 +346,34 @@ def test_layers_after_last_exit_not_computed(model_type, method, tmp_path_factor
     assert out.exit_logits.shape[0] == 2
     assert out.loss is not None
     out.loss.backward()  # the abandoned forward pass leaves a usable graph
+
+
+def test_gradient_conflict_probe_matches_a_direct_computation(tmp_path_factory):
+    """The probe's cosines equal cosines of concatenated per-block gradients computed from scratch, and the
+    probe leaves the RNG (hence the training run) untouched."""
+    from sweet.train import block_parameters, gradient_conflict
+
+    model = _model("bert", tmp_path_factory, method="ee").eval()
+    batch = _batch("bert")
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    rows = gradient_conflict(model, batch, step=7)
+    assert torch.equal(before, torch.random.get_rng_state())
+
+    blocks = block_parameters(model)
+    flat = []
+    for k in range(model.num_exits):
+        model.zero_grad()
+        model(**batch).exit_losses[k].backward()
+        flat.append([torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in b]) for b in blocks])
+    expected = {}
+    for b in range(len(blocks)):
+        later = {str(j + 1): flat[j][b] for j in range(b + 1, model.num_exits)}
+        if len(later) > 1:
+            later["sum"] = sum(later.values())
+        for other, g in later.items():
+            expected[(b + 1, other)] = float(torch.nn.functional.cosine_similarity(flat[b][b], g, dim=0))
+    got = {(r["block"], r["other"]): r["cosine"] for r in rows}
+    assert got.keys() == expected.keys() and all(r["step"] == 7 for r in rows)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-5), key
