@@ -27,7 +27,7 @@ GROUPS = {
 }
 
 
-def run_group(group: str, quick: bool) -> list[Row]:
+def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Row]:
     if group == "curve":
         from curve_eval import bench_curve_eval
 
@@ -52,7 +52,7 @@ def run_group(group: str, quick: bool) -> list[Row]:
                     for i in GROUPS["demo"]]
         from workflow_bench import bench_demo_grid
 
-        return bench_demo_grid()
+        return bench_demo_grid(keep=keep_demo)
     raise ValueError(group)
 
 
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="write rows id,value,goal,unit,detail to this file")
     parser.add_argument("--markdown", type=Path, help="write the table and per-threshold details as markdown")
     parser.add_argument("--only", nargs="+", metavar="ID", help="row ids (or groups: " + ", ".join(GROUPS) + ")")
+    parser.add_argument("--keep-demo", type=Path, metavar="DIR",
+                        help="copy the demo grid's results/ (tables, figures) here after timing it")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
     args = parser.parse_args(argv)
     known = {i for ids in GROUPS.values() for i in ids} | set(GROUPS)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for group in groups:
         t0 = time.perf_counter()
-        new = run_group(group, args.quick)
+        new = run_group(group, args.quick, args.keep_demo)
         rows += [r for r in new if not args.only or group in args.only or r.id in args.only]
         for r in new:
             print(f"  {r.id:<28} {fmt(r.value):>8} goal {r.goal:<7} [{r.met()}] {r.unit:<8} {r.detail}", flush=True)

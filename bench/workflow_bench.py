@@ -50,7 +50,7 @@ def _elapsed_seconds(text: str) -> float | None:
     return seconds
 
 
-def bench_demo_grid(timeout: int = 1800) -> list[Row]:
+def bench_demo_grid(timeout: int = 1800, keep: Path | None = None) -> list[Row]:
     ids = ("demo_grid_seconds", "<=600", "s")
     if not (REPO / "workflow" / "Snakefile").is_file():
         return [_unavailable(*ids, "workflow/Snakefile missing"), _unavailable("demo_grid_peak_rss", "-", "MiB", "no workflow")]
@@ -74,6 +74,8 @@ def bench_demo_grid(timeout: int = 1800) -> list[Row]:
             tail = [line for line in proc.stderr.splitlines() if "rror" in line][-1:] or [f"exit {proc.returncode}"]
             return [_unavailable(*ids, f"snakemake --cores 2 failed: {tail[0][:200]}")]
         jobs = _job_count(proc.stdout + proc.stderr)
+        if keep is not None:  # after timing: the copy does not count
+            shutil.copytree(copy / "results", keep, dirs_exist_ok=True)
         rss_mib = int(rss.group(1)) / 1024 if rss else float("nan")
         return [
             Row("demo_grid_seconds", seconds, "<=600", "s", f"`snakemake --cores 2` on a fresh copy of the tree, {jobs} jobs"),
