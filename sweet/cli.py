@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sweet.errors import UserError
 
@@ -189,8 +189,16 @@ def cmd_infer(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+class _OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes end like every other user error: one line naming the argument, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sweet", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="python -m sweet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     p = sub.add_parser("prepare", help="validate a task's data and write results/data/<task>/")

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from sweet.audit import separation_audit
 from sweet.batches import encode
 from sweet.errors import UserError
 from sweet.io import atomic_dir, write_csv, write_json
-from sweet.model import EarlyExitModel
+from sweet.model import EarlyExitModel, exit_loss_terms
 from sweet.multimodel import MemberModel
 from sweet.provenance import provenance
 
@@ -66,6 +67,9 @@ class TrainSpec:
         return spec
 
 
+CONFLICT_ROWS = "gradient_conflict_rows.json"
+
+
 class ExitTrainer(Trainer):
     """The stock Trainer, plus each exit's loss in the logs and the optional gradient-conflict probe."""
 
@@ -95,6 +99,14 @@ class ExitTrainer(Trainer):
             self._exit_loss_sum, self._exit_loss_batches = None, 0
         super().log(logs, start_time)
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The probe's rows so far go into the checkpoint (before the Trainer's own files: its trainer_state.json,
+        # written last, marks the checkpoint complete), so a resumed run's CSV equals an uninterrupted run's.
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / CONFLICT_ROWS, self.conflict_rows)
+        super()._save_checkpoint(model, trial)
+
 
 def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
     """Cosine between each block's own-exit gradient and every later exit's (and their sum), on one batch.
@@ -106,15 +118,33 @@ def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
         return []
     rng = torch.random.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    out = model(**inputs)
+    # Each exit's loss is rebuilt from the hidden state at its own layer: the model's stacked exit_losses would
+    # send exit k's backward pass through every later layer too (with zero gradients). This way it stops at
+    # block k: one forward plus Σ_k (layers up to exit k) of backward.
+    hidden_at_exit: dict[int, torch.Tensor] = {}
+
+    def capture(k: int):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            hidden_at_exit[k] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    handles = [model.layers[layer - 1].register_forward_hook(capture(k)) for k, layer in enumerate(model.exit_layers)]
+    try:
+        model(**{key: value for key, value in inputs.items() if key != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+    exit_losses = []
+    for k in range(model.num_exits):
+        logits, lte = model.exit_head(k, hidden_at_exit[k])
+        exit_losses.append(exit_loss_terms(logits[None], inputs["labels"], None if lte is None else lte[None])[0])
     blocks = block_parameters(model)
-    # Exit k's loss depends only on blocks 1..k, so its backward pass stops there: the probe costs one forward
-    # and Σ_k (layers up to exit k) of backward, not num_exits full backward passes.
     per_exit: list[list[list[torch.Tensor]]] = []  # [exit][block][parameter]
     for k in range(model.num_exits):
         own_blocks = blocks[: k + 1]
         params = [p for block in own_blocks for p in block]
-        grads = torch.autograd.grad(out.exit_losses[k], params, retain_graph=k < model.num_exits - 1, allow_unused=True)
+        grads = torch.autograd.grad(exit_losses[k], params, retain_graph=k < model.num_exits - 1, allow_unused=True)
         grads_by_block, start = [], 0
         for block in own_blocks:
             block_grads = grads[start : start + len(block)]
@@ -171,7 +201,13 @@ def train(
 ) -> dict:
     """Fine-tune on ``rows`` and write the model to ``out``; returns the training record for the metrics file."""
     set_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"backbone: cannot load a tokenizer from '{backbone}' ({str(err).splitlines()[0]}); give a local model "
+            "folder with its tokenizer files, or a Hugging Face hub id"
+        ) from None
     tokenizer.model_max_length = spec.max_length  # saved with the model, so evaluation truncates the same way
     if method == "mm":
         if member is None or not 1 <= member <= len(exit_layers):
@@ -207,7 +243,7 @@ def train(
         save_strategy="steps",
         save_steps=spec.save_steps,
         save_total_limit=1,
-        logging_steps=max(1, min(50, steps_per_epoch // 4)),
+        logging_steps=_logging_steps(steps_per_epoch, spec.save_steps),
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -220,7 +256,11 @@ def train(
         conflict_every=spec.gradient_conflict_every if method == "ee" else 0,
     )
     resume = last_complete_checkpoint(work_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume:
+        print(f"resuming from {resume}", file=sys.stderr, flush=True)
+        rows_file = Path(resume) / CONFLICT_ROWS
+        trainer.conflict_rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
+    trainer.train(resume_from_checkpoint=resume)
 
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
@@ -235,13 +275,31 @@ def train(
         "n_train": len(features),
         "training": dataclasses.asdict(spec),
         "global_steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "resumed_from": Path(resume).name if resume else None,
+        "train_loss": _mean_logged_loss(history),
         "log_history": history,
         "separation_audit": audit,
         "gradient_conflict": trainer.conflict_rows,
         "provenance": provenance(),
     }
+
+
+def _logging_steps(steps_per_epoch: int, save_steps: int) -> int:
+    """About four logs per epoch (at most every 50 steps), on a step count that divides ``save_steps``: a run
+    resumed from a checkpoint then logs exactly the same averages as an uninterrupted one."""
+    steps = max(1, min(50, steps_per_epoch // 4))
+    while save_steps % steps:
+        steps -= 1
+    return steps
+
+
+def _mean_logged_loss(history: list[dict]) -> float | None:
+    """Mean training loss over the logged steps, from the logged interval means (the Trainer's ``training_loss``
+    covers only the steps since the last resume)."""
+    total, previous = 0.0, 0
+    for entry in history:
+        total += entry["loss"] * (entry["step"] - previous)
+        previous = entry["step"]
+    return total / previous if previous else None
 
 
 def last_complete_checkpoint(work_dir: str | Path) -> str | None:
