@@ -23,6 +23,10 @@ class Backbone:
     pooler: str | None  # dotted path to the pretrained [CLS] pooler's dense layer, if the checkpoint has one
     mask_arg: int = 1  # positional index of the [batch, ...] attention mask in a layer call
     shared_across_layers: tuple[str, ...] = ()  # parameters every layer reads (reported by the separation audit)
+    # A module the encoder applies to layer 1's output before layer 2 (and the stock ``hidden_states[1]``) sees
+    # it: DeBERTa-v2's optional convolution (``conv_kernel_size`` > 0, e.g. deberta-v2-xlarge). Where the
+    # checkpoint has it, "after layer 1" means after it, so exit 1, SWEET's cut and the early-exit runner hook it.
+    after_first_layer: str | None = None
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -32,7 +36,10 @@ BACKBONES: dict[str, Backbone] = {
     "deberta": Backbone(layers="encoder.layer", pooler=None, shared_across_layers=("encoder.rel_embeddings",)),
     # DeBERTa-v3 checkpoints are model_type "deberta-v2".
     "deberta-v2": Backbone(
-        layers="encoder.layer", pooler=None, shared_across_layers=("encoder.rel_embeddings", "encoder.LayerNorm")
+        layers="encoder.layer",
+        pooler=None,
+        shared_across_layers=("encoder.rel_embeddings", "encoder.LayerNorm"),
+        after_first_layer="encoder.conv",
     ),
 }
 
@@ -57,6 +64,28 @@ def get_module(root: nn.Module, dotted: str) -> nn.Module:
 
 def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
     return get_module(backbone, backbone_spec(backbone.config.model_type).layers)
+
+
+def first_layer_extra(backbone: nn.Module) -> nn.Module | None:
+    """The module applied to layer 1's output inside the encoder, when this checkpoint has one."""
+    path = backbone_spec(backbone.config.model_type).after_first_layer
+    return None if path is None else _optional_module(backbone, path)
+
+
+def layer_output_modules(backbone: nn.Module, exit_layers: list[int]) -> list[nn.Module]:
+    """For each 1-based layer count, the module whose output is the hidden state after that many layers."""
+    layers = encoder_layers(backbone)
+    extra = first_layer_extra(backbone)
+    return [extra if layer == 1 and extra is not None else layers[layer - 1] for layer in exit_layers]
+
+
+def _optional_module(root: nn.Module, dotted: str) -> nn.Module | None:
+    module: nn.Module | None = root
+    for name in dotted.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
 
 
 def check_exit_layers(exit_layers: list[int] | tuple[int, ...], depth: int, field: str = "exit_layers") -> list[int]:

@@ -91,7 +91,7 @@ def _early_exit_batch(model: EarlyExitModel, batch: dict[str, torch.Tensor], dec
 
     layers = model.layers
     handles = [layers[i].register_forward_pre_hook(cut_mask, with_kwargs=True) for i in range(model.exit_layers[-1])]
-    handles += [layers[layer - 1].register_forward_hook(make_exit_hook(k)) for k, layer in enumerate(model.exit_layers)]
+    handles += [module.register_forward_hook(make_exit_hook(k)) for k, module in enumerate(model.exit_modules)]
     try:
         model.backbone(**_backbone_inputs(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")))
     except StopForward:

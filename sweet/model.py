@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoModel
 from transformers.utils import ModelOutput
 
-from sweet.backbones import backbone_spec, check_exit_layers, encoder_layers, get_module
+from sweet.backbones import backbone_spec, check_exit_layers, encoder_layers, get_module, layer_output_modules
 from sweet.errors import UserError
 
 CONFIG_NAME = "sweet_config.json"
@@ -176,6 +176,11 @@ class EarlyExitModel(nn.Module):
     def layers(self) -> nn.ModuleList:
         return encoder_layers(self.backbone)
 
+    @property
+    def exit_modules(self) -> list[nn.Module]:
+        """The module whose output is the hidden state each exit reads (and SWEET cuts), in exit order."""
+        return layer_output_modules(self.backbone, self.exit_layers)
+
     def pooler_for_shared_heads(self) -> nn.Linear | None:
         if not self.config.shared_pooler:
             return None
@@ -218,7 +223,7 @@ class EarlyExitModel(nn.Module):
 
             return hook
 
-        handles = [self.layers[layer - 1].register_forward_hook(make_hook(k)) for k, layer in enumerate(self.exit_layers)]
+        handles = [module.register_forward_hook(make_hook(k)) for k, module in enumerate(self.exit_modules)]
         try:
             self.backbone(**_backbone_inputs(input_ids, attention_mask, token_type_ids))
         except StopForward:

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from sweet.audit import separation_audit
+from sweet.backbones import first_layer_extra
 from sweet.batches import encode
 from sweet.errors import UserError
 from sweet.io import atomic_dir, write_csv, write_json
@@ -129,7 +130,7 @@ def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
 
         return hook
 
-    handles = [model.layers[layer - 1].register_forward_hook(capture(k)) for k, layer in enumerate(model.exit_layers)]
+    handles = [module.register_forward_hook(capture(k)) for k, module in enumerate(model.exit_modules)]
     try:
         model(**{key: value for key, value in inputs.items() if key != "labels"})
     finally:
@@ -173,7 +174,9 @@ def block_parameters(model: EarlyExitModel) -> list[list[nn.Parameter]]:
     for k, layer in enumerate(model.exit_layers):
         params = [p for m in layers[previous:layer] for p in m.parameters()]
         if k == 0:
+            extra = first_layer_extra(model.backbone)
             params = list(model.backbone.embeddings.parameters()) + params
+            params += [] if extra is None else list(extra.parameters())
         blocks.append(params)
         previous = layer
     return blocks

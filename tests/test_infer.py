@@ -1,6 +1,6 @@
 """Offline == online: the real early-exit runner agrees exactly with the simulation on stored per-exit logits.
 
-Tiny random EE (BERT, DeBERTa-v2), SWEET (RoBERTa) and MM (BERT) models with learned-to-exit heads; the exit
+Tiny random EE (BERT, DeBERTa-v2), SWEET (RoBERTa, DeBERTa-v2 with its layer-1 convolution) and MM (BERT) models with learned-to-exit heads; the exit
 classifiers (and learned-to-exit heads) are scaled up so that confidences spread over the threshold grid. For every rule, every threshold of
 the 11-point grid plus random ones, and batch sizes 1, 3 and all, predictions and exit indices must be equal.
 The runner must also really stop: layer (member) forward calls are counted with hooks.
@@ -22,7 +22,7 @@ NUM_LABELS = 3
 EXITS = [1, 2, 4]
 N = 11
 TEMPERATURES = np.array([1.5, 0.8, 1.2])
-CASES = [("ee", "bert"), ("ee", "deberta-v2"), ("sweet", "roberta"), ("mm", "bert")]
+CASES = [("ee", "bert"), ("ee", "deberta-v2"), ("sweet", "deberta-v2-conv"), ("sweet", "roberta"), ("mm", "bert")]
 
 
 def _scale_heads(model: EarlyExitModel | MultiModel, factor: float = 3.0) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import ARCHITECTURES, DEPTH, VOCAB, backbone, gpt2_folder, pad_id, random_batch
+from tiny import ARCHITECTURES, DEPTH, VOCAB, backbone, gpt2_folder, hf_model_type, pad_id, random_batch
 from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
@@ -48,6 +48,8 @@ def _layer_of(name: str) -> int | None:
     """1-based encoder layer of a backbone parameter name, 0 for the embeddings, None for anything else."""
     if name.startswith("backbone.embeddings."):
         return 0
+    if name.startswith("backbone.encoder.conv."):
+        return 1  # DeBERTa-v2's convolution is applied to layer 1's output: part of "after layer 1"
     prefix = "backbone.encoder.layer."
     if name.startswith(prefix):
         return int(name[len(prefix) :].split(".")[0]) + 1
@@ -107,6 +109,22 @@ def test_ee_and_sweet_forward_values_identical(model_type, tmp_path_factory):
     assert torch.equal(a.loss, a.exit_losses.sum())
     # the exits are not all the same function of the input
     assert not torch.equal(a.exit_logits[0], a.exit_logits[-1])
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_exits_read_the_stock_hidden_states(model_type, tmp_path_factory):
+    """Exit k classifies exactly what the stock encoder reports as the hidden state after layer L_k."""
+    model = _model(model_type, tmp_path_factory, "sweet")
+    batch = _batch(model_type)
+    out = model(**batch)
+    stock = model.backbone(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    ).hidden_states
+    for k, layer in enumerate(EXITS):
+        expected, _ = model.exit_head(k, stock[layer])
+        torch.testing.assert_close(out.exit_logits[k], expected, rtol=0, atol=1e-6)
+    if model_type == "deberta-v2-conv":
+        assert model.exit_modules[0] is model.backbone.encoder.conv
 
 
 def test_loss_is_unweighted_sum_of_cross_entropies(tmp_path_factory):
@@ -263,6 +281,7 @@ def test_audit_sweet_shared_pooler_is_exactly_the_pooler(tmp_path_factory):
     ("model_type", "expected"),
     [
         ("deberta-v2", {"backbone.encoder.rel_embeddings.weight", "backbone.encoder.LayerNorm.weight", "backbone.encoder.LayerNorm.bias"}),
+        ("deberta-v2-conv", {"backbone.encoder.rel_embeddings.weight", "backbone.encoder.LayerNorm.weight", "backbone.encoder.LayerNorm.bias"}),
         ("deberta", {"backbone.encoder.rel_embeddings.weight"}),
     ],
 )
@@ -274,7 +293,7 @@ def test_audit_sweet_deberta_shares_relative_embeddings(model_type, expected, tm
     declared = {
         name
         for name, _ in _model(model_type, tmp_path_factory).named_parameters()
-        if any(name.startswith(f"backbone.{p}.") for p in BACKBONES[model_type].shared_across_layers)
+        if any(name.startswith(f"backbone.{p}.") for p in BACKBONES[hf_model_type(model_type)].shared_across_layers)
     }
     assert declared == expected
 

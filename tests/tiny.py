@@ -3,7 +3,8 @@
 Every supported architecture gets a 4-layer, hidden-32 encoder saved as a stock Hugging Face folder (config +
 safetensors, no tokenizer), the way a downloaded checkpoint would look. DeBERTa(-v2) use relative attention with
 both c2p and p2c terms and (v2) a few log-buckets and the v3-style LayerNorm on the relative embeddings, so the
-parameters shared by every layer really exist.
+parameters shared by every layer really exist. ``deberta-v2-conv`` is DeBERTa-v2 with the convolution the
+encoder applies to layer 1's output (``conv_kernel_size`` > 0, as in deberta-v2-xlarge).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ transformers.utils.logging.disable_progress_bar()
 # Tiny models: one thread is fastest and does not fight other processes for the cores.
 torch.set_num_threads(1)
 
-ARCHITECTURES = ("bert", "roberta", "electra", "deberta", "deberta-v2")
+ARCHITECTURES = ("bert", "roberta", "electra", "deberta", "deberta-v2", "deberta-v2-conv")
 VOCAB = 100
 DEPTH = 4
 HIDDEN = 32
@@ -59,13 +60,21 @@ _EXTRA: dict[str, dict] = {
 }
 
 
+_EXTRA["deberta-v2-conv"] = {**_EXTRA["deberta-v2"], "conv_kernel_size": 3}
+
+
+def hf_model_type(name: str) -> str:
+    """The transformers ``model_type`` of a tiny variant name."""
+    return "deberta-v2" if name == "deberta-v2-conv" else name
+
+
 def pad_id(model_type: str) -> int:
     return {**_COMMON, **_EXTRA[model_type]}["pad_token_id"]
 
 
 def build_backbone(model_type: str, folder: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random ``model_type`` encoder to ``folder`` (stock HF layout) and return the folder."""
-    config = AutoConfig.for_model(model_type, **{**_COMMON, **_EXTRA[model_type]})
+    """Save a tiny random encoder (a name of ``ARCHITECTURES``) to ``folder`` (stock HF layout); return it."""
+    config = AutoConfig.for_model(hf_model_type(model_type), **{**_COMMON, **_EXTRA[model_type]})
     torch.manual_seed(seed)
     AutoModel.from_config(config).save_pretrained(folder)
     return Path(folder)
