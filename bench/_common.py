@@ -134,3 +134,38 @@ def machine() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
+
+
+# A batch-64 padded pass and a batch-1 pass run different matrix kernels, so the same example's probabilities
+# differ at float rounding (seen: 6e-6 at exit 1 of the BERT-base shape with 2 threads). An example whose score
+# lies that close to a threshold can exit on either side; that is not a disagreement of the exit logic.
+FLOAT_TIE = 1e-4
+
+
+def float_ties(probs: np.ndarray, threshold: float, online_exits: np.ndarray, online_preds: np.ndarray | None = None) -> int:
+    """Check a real early-exit run (confidence rule) against the offline simulation on batched ``probs``.
+
+    Every example must exit where the simulation says and predict the same class, except a float tie: at the
+    first exit where the two runs differ, its confidence is within ``FLOAT_TIE`` of ``threshold`` (or, same exit,
+    its top two probabilities are that close). Raises AssertionError otherwise; returns the number of ties.
+    """
+    from sweet.exits import EXIT_RULES, simulate
+
+    offline_exits = simulate(EXIT_RULES["confidence"], probs, None, threshold)
+    columns = np.arange(probs.shape[1])
+    offline_preds = probs[offline_exits, columns].argmax(-1)
+    bad = offline_exits != online_exits
+    if online_preds is not None:
+        bad |= offline_preds != online_preds
+    for i in np.flatnonzero(bad):
+        first = min(offline_exits[i], online_exits[i])
+        conf = probs[first, i]
+        top2 = np.sort(conf)[-2:]
+        tie = abs(conf.max() - threshold) < FLOAT_TIE or (
+            offline_exits[i] == online_exits[i] and top2[1] - top2[0] < FLOAT_TIE
+        )
+        assert tie, (
+            f"threshold {threshold}: example {i} exits at {online_exits[i]} for real, at {offline_exits[i]} offline "
+            f"(confidence {conf.max():.6f} at exit {first}): the early-exit logic disagrees"
+        )
+    return int(bad.sum())

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from _common import EXIT_LAYERS, Row, early_exit_model, features, med, spread_heads, sst2_sentences, timed
+from _common import (
+    EXIT_LAYERS,
+    Row,
+    early_exit_model,
+    features,
+    float_ties,
+    med,
+    spread_heads,
+    sst2_sentences,
+    timed,
+)
 
 TARGETS = (1.5, 2.0, 3.0)
 
@@ -58,9 +68,10 @@ def bench_early_exit(n_bs1: int, n_bs32: int, reps: int, seed: int = 1) -> list[
         for _ in range(reps):
             for name, (fn, *fn_args) in configs.items():
                 times[name].append(timed(fn, *fn_args)[0])
-        for t in chosen:  # the measured runs really took the simulated exits
+        ties = 0
+        for t in chosen:  # the measured runs really took the simulated exits (up to float ties)
             preds, exits = _runner(model, feats, batch_size, t)
-            assert np.array_equal(exits, simulate(EXIT_RULES["confidence"], probs, None, t))
+            ties += float_ties(probs, t, exits, preds)
         baselines = {name: med(times[name]) for name in list(configs)[:2]}
         base_name = min(baselines, key=baselines.get)
         base = baselines[base_name]
@@ -75,7 +86,8 @@ def bench_early_exit(n_bs1: int, n_bs32: int, reps: int, seed: int = 1) -> list[
         goal = ">=0.85" if batch_size == 1 else ">=0.70"
         detail = (f"2x row; at 1.5x/2x/3x theoretical: {eff[1.5]:.2f}/{eff[2.0]:.2f}/{eff[3.0]:.2f}; baseline = {base_name} "
                   f"{base:.2f} s (other: " + ", ".join(f"{k} {v:.2f} s" for k, v in baselines.items() if k != base_name)
-                  + f"); N={n} SST-2 dev sentences, median of {reps}")
+                  + f"); N={n} SST-2 dev sentences, median of {reps}"
+                  + (f"; {ties} float tie(s) at a threshold" if ties else ""))
         rows.append(Row(f"early_exit_efficiency_bs{batch_size}", eff[2.0], goal, "ratio", detail,
                         {"per_threshold": table, "baselines": {k: round(v, 3) for k, v in baselines.items()}}))
     return rows
