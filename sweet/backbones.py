@@ -69,7 +69,7 @@ def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
 def first_layer_extra(backbone: nn.Module) -> nn.Module | None:
     """The module applied to layer 1's output inside the encoder, when this checkpoint has one."""
     path = backbone_spec(backbone.config.model_type).after_first_layer
-    return None if path is None else _optional_module(backbone, path)
+    return None if path is None else find_module(backbone, path)
 
 
 def layer_output_modules(backbone: nn.Module, exit_layers: list[int]) -> list[nn.Module]:
@@ -79,7 +79,8 @@ def layer_output_modules(backbone: nn.Module, exit_layers: list[int]) -> list[nn
     return [extra if layer == 1 and extra is not None else layers[layer - 1] for layer in exit_layers]
 
 
-def _optional_module(root: nn.Module, dotted: str) -> nn.Module | None:
+def find_module(root: nn.Module, dotted: str) -> nn.Module | None:
+    """Like ``get_module``, but None where this checkpoint lacks the module (e.g. no pooler, no convolution)."""
     module: nn.Module | None = root
     for name in dotted.split("."):
         module = getattr(module, name, None)

@@ -23,7 +23,14 @@ from torch import nn
 from transformers import AutoModel
 from transformers.utils import ModelOutput
 
-from sweet.backbones import backbone_spec, check_exit_layers, encoder_layers, get_module, layer_output_modules
+from sweet.backbones import (
+    backbone_spec,
+    check_exit_layers,
+    encoder_layers,
+    find_module,
+    get_module,
+    layer_output_modules,
+)
 from sweet.errors import UserError
 
 CONFIG_NAME = "sweet_config.json"
@@ -101,7 +108,7 @@ class EarlyExitModel(nn.Module):
         dropout = config.classifier_dropout
         if dropout is None:
             dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
-        pretrained_pooler = get_module(backbone, spec.pooler) if spec.pooler and _has(backbone, spec.pooler) else None
+        pretrained_pooler = find_module(backbone, spec.pooler) if spec.pooler else None
         # The shared pooler is the backbone's own when it has one, so the reference's setting is reproduced exactly.
         self.shared_pooler = None
         if config.shared_pooler and pretrained_pooler is None:
@@ -279,8 +286,3 @@ def _backbone_inputs(
     return inputs
 
 
-def _has(root: nn.Module, dotted: str) -> bool:
-    try:
-        return get_module(root, dotted) is not None
-    except AttributeError:
-        return False

@@ -174,9 +174,10 @@ def block_parameters(model: EarlyExitModel) -> list[list[nn.Parameter]]:
     for k, layer in enumerate(model.exit_layers):
         params = [p for m in layers[previous:layer] for p in m.parameters()]
         if k == 0:
-            extra = first_layer_extra(model.backbone)
             params = list(model.backbone.embeddings.parameters()) + params
-            params += [] if extra is None else list(extra.parameters())
+            extra = first_layer_extra(model.backbone)
+            if extra is not None:
+                params += list(extra.parameters())
         blocks.append(params)
         previous = layer
     return blocks

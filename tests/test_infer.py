@@ -1,7 +1,7 @@
 """Offline == online: the real early-exit runner agrees exactly with the simulation on stored per-exit logits.
 
-Tiny random EE (BERT, DeBERTa-v2), SWEET (RoBERTa, DeBERTa-v2 with its layer-1 convolution) and MM (BERT) models with learned-to-exit heads; the exit
-classifiers (and learned-to-exit heads) are scaled up so that confidences spread over the threshold grid. For every rule, every threshold of
+Tiny random EE (BERT, DeBERTa-v2), SWEET (RoBERTa, DeBERTa-v2 with its layer-1 convolution) and MM (BERT)
+models with learned-to-exit heads; the exit classifiers (and learned-to-exit heads) are scaled up so that confidences spread over the threshold grid. For every rule, every threshold of
 the 11-point grid plus random ones, and batch sizes 1, 3 and all, predictions and exit indices must be equal.
 The runner must also really stop: layer (member) forward calls are counted with hooks.
 """
