@@ -9,8 +9,10 @@
 # Environment:
 #   SWEET_SLURM_CPUS     CPUs the node advertises (default: nproc)
 #   SWEET_SLURM_TIMEOUT  seconds to wait for the node to become idle (default: 60)
-#   SWEET_SLURM_FAKE_GPUS  advertise N count-only "gpu" GRES (no devices), to test that GPU requests are
-#                        accepted and passed through on a GPU-less machine (default: 0 = a CPU-only node)
+#   SWEET_SLURM_FAKE_GPUS  advertise N "gpu" GRES backed by no real device (/dev/null), so that GPU requests are
+#                        accepted, scheduled and counted on a GPU-less machine (default: 0 = a CPU-only node)
+#   SWEET_SLURM_MAX_TIME   the partition's MaxTime in minutes, as GPU partitions cap it (default: INFINITE)
+#   SWEET_SLURM_MAX_MEM_MB the partition's MaxMemPerNode in MB: a job asking for more is refused (default: none)
 set -euo pipefail
 
 log() { echo "[slurm-up] $*"; }
@@ -22,6 +24,8 @@ NODE="$(hostname -s)"
 CPUS="${SWEET_SLURM_CPUS:-$(nproc)}"
 TIMEOUT="${SWEET_SLURM_TIMEOUT:-60}"
 FAKE_GPUS="${SWEET_SLURM_FAKE_GPUS:-0}"
+MAX_TIME="${SWEET_SLURM_MAX_TIME:-INFINITE}"
+MAX_MEM="${SWEET_SLURM_MAX_MEM_MB:-}"
 # Leave ~1 GiB to the OS; Slurm refuses to start a node whose RealMemory exceeds what it finds.
 MEM_MB="$(awk '/MemTotal/ {printf "%d", $2 / 1024 - 1024}' /proc/meminfo)"
 [ "$MEM_MB" -ge 1024 ] || MEM_MB=1024
@@ -78,8 +82,12 @@ gres_line="" node_gres=""
 if [ "$FAKE_GPUS" -gt 0 ]; then
   gres_line="GresTypes=gpu"
   node_gres="Gres=gpu:${FAKE_GPUS}"
-  # slurmd counts gpu GRES by device files; /dev/null stands in for each fake device.
-  for _ in $(seq 1 "$FAKE_GPUS"); do echo "NodeName=${NODE} Name=gpu File=/dev/null"; done >"$SLURM_ETC/gres.conf"
+  # slurmd counts gpu GRES by device files, one distinct file per GPU: character devices that behave like
+  # /dev/null (major 1, minor 3) stand in for them. Jobs see CUDA_VISIBLE_DEVICES, but no device exists.
+  for i in $(seq 0 $((FAKE_GPUS - 1))); do
+    [ -e "/dev/sweet-fake-gpu$i" ] || mknod -m 666 "/dev/sweet-fake-gpu$i" c 1 3
+    echo "NodeName=${NODE} Name=gpu File=/dev/sweet-fake-gpu$i"
+  done >"$SLURM_ETC/gres.conf"
 else
   rm -f "$SLURM_ETC/gres.conf"
 fi
@@ -116,11 +124,14 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=10
+# Jobs asking for more than the partition allows are refused at submission (as on most GPU clusters), not
+# left pending forever.
+EnforcePartLimits=ALL
 Waittime=0
 MpiDefault=none
 ${gres_line}
 NodeName=${NODE} CPUs=${CPUS} RealMemory=${MEM_MB} ${node_gres} State=UNKNOWN
-PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=${NODE} Default=YES MaxTime=${MAX_TIME} ${MAX_MEM:+MaxMemPerNode=${MAX_MEM}} State=UP
 EOF
 conf_changed=0
 if ! cmp -s "$new_conf" "$CONF"; then

@@ -24,6 +24,7 @@ GROUPS = {
     "train": ("train_step_overhead", "train_mm_cost_vs_ee", "gradient_conflict_overhead"),
     "dryrun": ("paper_dryrun_seconds",),
     "demo": ("demo_grid_seconds", "demo_grid_peak_rss"),
+    "cluster": ("train_job_seconds", "train_estimate_ratio", "train_throughput"),
 }
 
 
@@ -45,6 +46,10 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
         from workflow_bench import bench_dryrun
 
         return bench_dryrun()
+    if group == "cluster":
+        from train_job import bench_train_job
+
+        return bench_train_job(budget=128 if quick else 512, threads=torch.get_num_threads())
     if group == "demo":
         if quick:
             return [Row(i, math.nan, "<=600" if i == "demo_grid_seconds" else "-", "s" if i == "demo_grid_seconds" else "MiB",

@@ -1,6 +1,6 @@
 """`python -m sweet <stage>`: the commands the workflow's rules call, one per stage of the data flow.
 
-prepare → init-backbone → split → train (→ combine for MM) → calibrate → evaluate → curves → aggregate → figures.
+prepare → init-backbone (or fetch) → split → train (→ combine for MM) → calibrate → evaluate → curves → aggregate → figures.
 User errors end with one line on stderr naming the field and the fix, exit code 2, and no partial output.
 """
 
@@ -69,20 +69,37 @@ def cmd_split(args: argparse.Namespace) -> None:
     write_json(args.out, {"task": task.name, **splits})
 
 
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from sweet.hub import fetch_backbone
+    from sweet.io import write_json
+
+    fetched = fetch_backbone(args.model, args.hub_cache)
+    print(f"{args.model}: revision {fetched['revision']} in {fetched['snapshot']}", file=sys.stderr)
+    if args.out:
+        write_json(args.out, fetched)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from sweet.data import load_prepared
-    from sweet.train import TrainSpec, train, write_training_record
+    from sweet.hub import resolve_backbone, snapshot_revision
+    from sweet.train import TrainingInterrupted, TrainSpec, train, write_training_record
 
     spec = TrainSpec.from_dict(args.train_spec)
     task = load_prepared(args.task_dir)
     splits = json.loads(Path(args.splits).read_text())
     rows = _select(task.train, splits["train_ids"], args.splits)
+    backbone = resolve_backbone(args.backbone, args.hub_cache)
     work_dir = args.work_dir or Path(args.out).with_name(Path(args.out).name + ".checkpoints")
-    record = train(
-        rows, task.num_labels, args.backbone, args.exit_layers, args.method, args.seed, spec,
-        out=args.out, work_dir=work_dir, member=args.member,
-    )
-    write_training_record({"task": task.name, **record}, args.metrics, args.gradient_conflict_out, dict(args.meta or []))
+    try:
+        record = train(
+            rows, task.num_labels, backbone, args.exit_layers, args.method, args.seed, spec,
+            out=args.out, work_dir=work_dir, member=args.member,
+        )
+    except TrainingInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        sys.exit(TrainingInterrupted.exit_code)
+    record = {"task": task.name, "backbone": args.backbone, "backbone_revision": snapshot_revision(backbone), **record}
+    write_training_record(record, args.metrics, args.gradient_conflict_out, dict(args.meta or []))
 
 
 def cmd_combine(args: argparse.Namespace) -> None:
@@ -212,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_init_backbone)
 
+    p = sub.add_parser("fetch", help="download a hub backbone into the hub cache (on a machine with internet)")
+    p.add_argument("--model", required=True, help="hub id, e.g. bert-base-uncased")
+    p.add_argument("--hub-cache", required=True, help="Hugging Face hub cache folder (the config's hub_cache)")
+    p.add_argument("--out", help="record of what was fetched (JSON)")
+    p.set_defaults(func=cmd_fetch)
+
     p = sub.add_parser("split", help="seeded training subset and calibration split")
     p.add_argument("--task-dir", required=True)
     p.add_argument("--budget", type=int, required=True, help="training examples")
@@ -236,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-conflict-out", help="CSV of the gradient-conflict probe (EE with the probe on)")
     p.add_argument("--meta", type=_meta_arg, nargs="*", help="identity columns for the probe's CSV, e.g. task=sst2")
     p.add_argument("--work-dir", help="checkpoints for resuming (default: <out>.checkpoints)")
+    p.add_argument("--hub-cache", help="hub cache a hub id is read from (default: Hugging Face's own)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("combine", help="MM: declare trained members as one MultiModel folder")

@@ -129,10 +129,14 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
     """
     _coerce_command_line(config)
     _check_schema(config, load_schema(schema_path))
+    from sweet.cluster import check_cluster  # sweet.cluster builds on this module
+
+    check_cluster(config)
     base = Path(base_dir)
     tasks: dict = config["tasks"]
     models = {name: _resolve_model(name, spec, base) for name, spec in config["models"].items()}
     _check_slugs(models)
+    _arch_from_hub_cache(models, config, base)
 
     if config["grid"] not in config["grids"]:
         name = config["grid"]
@@ -285,11 +289,20 @@ def describe_disk(config: dict, models: dict[str, Model], base: Path = Path(".")
 
 # ------------------------------------------------------------------------------------------------ internals
 def _coerce_command_line(config: dict) -> None:
-    """`--config keep_checkpoints=true` arrives as the string "true": read it as YAML would."""
-    words = {"true": True, "false": False, "yes": True, "no": False}
-    value = config.get("keep_checkpoints")
-    if isinstance(value, str) and value.lower() in words:
-        config["keep_checkpoints"] = words[value.lower()]
+    """`--config keep_checkpoints=true gpus=null cluster='{max_mem_mb: 8000}'` arrive as strings (snakemake reads
+    mappings with YAML's BaseLoader): read the keys whose schema wants booleans, numbers or null as YAML would."""
+    import yaml
+
+    def typed(value: Any) -> Any:
+        return yaml.safe_load(value) if isinstance(value, str) else value
+
+    if isinstance(config.get("keep_checkpoints"), str) and config["keep_checkpoints"].lower() in ("yes", "no"):
+        config["keep_checkpoints"] = config["keep_checkpoints"].lower() == "yes"
+    for key in ("keep_checkpoints", "gpus", "scratch_dir"):
+        if isinstance(config.get(key), str) and config[key].lower() in ("true", "false", "null", "none", "~", ""):
+            config[key] = typed(config[key].lower().replace("none", "null"))
+    if isinstance(config.get("cluster"), dict):
+        config["cluster"] = {k: typed(v) for k, v in config["cluster"].items()}
 
 
 def _is_int(v: Any) -> bool:
@@ -409,6 +422,24 @@ def _resolve_model(name: str, spec: dict, base: Path) -> Model:
                         f"must be ≤ {depth}")
     return Model(name=name, slug=slug(name), backbone=backbone, kind=kind, exit_layers=list(layers),
                  training=dict(spec.get("training") or {}), arch=arch)
+
+
+def _arch_from_hub_cache(models: dict[str, Model], config: dict, base: Path) -> None:
+    """Sizes of hub backbones unknown offline, once fetched: the plan (runtime, memory, disk) then uses them."""
+    from sweet.hub import cached_snapshot_folder
+
+    cache = Path(config.get("hub_cache", "results/hub-cache")).expanduser()
+    for model in models.values():
+        if model.kind != "hub" or model.arch is not None:
+            continue
+        folder = cached_snapshot_folder(model.backbone, cache if cache.is_absolute() else base / cache)
+        if folder is None:
+            continue
+        model.arch = _local_arch(folder, f"models.{model.name}.backbone")
+        depth = model.arch.get("num_hidden_layers")
+        if depth is not None and model.exit_layers[-1] > depth:
+            raise UserError(f"models.{model.name}.exit_layers: {model.exit_layers} goes beyond the backbone's {depth} "
+                            f"layers; the last exit must be ≤ {depth}")
 
 
 def _looks_local(backbone: str, base: Path) -> bool:

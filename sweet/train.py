@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import (
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from sweet.audit import separation_audit
 from sweet.backbones import first_layer_extra
@@ -107,6 +115,51 @@ class ExitTrainer(Trainer):
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / CONFLICT_ROWS, self.conflict_rows)
         super()._save_checkpoint(model, trial)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; rerunning the same command resumes from it."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again
+
+
+class CheckpointOnSignal(TrainerCallback):
+    """SIGTERM or SIGUSR1 → save a checkpoint at the next logging step, then stop training.
+
+    Slurm sends SIGTERM when a job is cancelled or pre-empted and, with ``--signal=TERM@<seconds>`` (the workflow
+    asks for it), that long before the time limit; SIGKILL follows after the cluster's KillWait. Stopping at a
+    logging step rather than at once keeps the resumed run's logged losses, and so its training record, identical
+    to an uninterrupted run's; logging steps are at most 10 optimizer steps apart, so the checkpoint comes soon.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> CheckpointOnSignal:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            print(f"received {self.received}: checkpointing at the next logging step, then stopping",
+                  file=sys.stderr, flush=True)
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.received and state.global_step % args.logging_steps == 0 and state.global_step < state.max_steps:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
 
 
 def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
@@ -202,8 +255,14 @@ def train(
     out: str | Path,
     work_dir: str | Path,
     member: int | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
-    """Fine-tune on ``rows`` and write the model to ``out``; returns the training record for the metrics file."""
+    """Fine-tune on ``rows`` and write the model to ``out``; returns the training record for the metrics file.
+
+    ``backbone`` is a local folder (a hub id is resolved to its cached snapshot first: ``sweet.hub``). A job killed
+    or signalled mid-training resumes from the newest complete checkpoint in ``work_dir`` when rerun; on SIGTERM
+    or SIGUSR1 it saves one first and raises ``TrainingInterrupted``.
+    """
     set_seed(seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(backbone)
@@ -231,7 +290,7 @@ def train(
     steps_per_epoch = math.ceil(len(features) / (spec.batch_size * spec.gradient_accumulation_steps))
     args = TrainingArguments(
         output_dir=str(work_dir),
-        per_device_train_batch_size=spec.batch_size,
+        per_device_train_batch_size=per_device_batch_size(spec.batch_size, torch.cuda.device_count() if on_gpu else 1),
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         num_train_epochs=spec.epochs,
         learning_rate=spec.learning_rate,
@@ -258,13 +317,21 @@ def train(
         train_dataset=_ListDataset(features),
         data_collator=DataCollatorWithPadding(tokenizer),
         conflict_every=spec.gradient_conflict_every if method == "ee" else 0,
+        callbacks=callbacks,
     )
     resume = last_complete_checkpoint(work_dir)
     if resume:
         print(f"resuming from {resume}", file=sys.stderr, flush=True)
         rows_file = Path(resume) / CONFLICT_ROWS
         trainer.conflict_rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
-    trainer.train(resume_from_checkpoint=resume)
+    with CheckpointOnSignal() as on_signal:
+        trainer.add_callback(on_signal)
+        trainer.train(resume_from_checkpoint=resume)
+    if on_signal.stopped_at is not None:
+        raise TrainingInterrupted(
+            f"training stopped on {on_signal.received} at step {on_signal.stopped_at} of {trainer.state.max_steps}; "
+            f"checkpoint saved in {work_dir}: rerun the same command (snakemake retries it) to resume"
+        )
 
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
@@ -287,10 +354,21 @@ def train(
     }
 
 
+def per_device_batch_size(batch_size: int, devices: int) -> int:
+    """The Trainer splits each step over every visible GPU (DataParallel): keep the configured effective batch."""
+    if devices <= 1:
+        return batch_size
+    if batch_size % devices:
+        raise UserError(f"training.batch_size: {batch_size} cannot be split evenly over the {devices} GPUs this job "
+                        f"sees; use a batch size divisible by {devices}, or one GPU per job (gpus: 1)")
+    return batch_size // devices
+
+
 def _logging_steps(steps_per_epoch: int, save_steps: int) -> int:
-    """About four logs per epoch (at most every 50 steps), on a step count that divides ``save_steps``: a run
-    resumed from a checkpoint then logs exactly the same averages as an uninterrupted one."""
-    steps = max(1, min(50, steps_per_epoch // 4))
+    """About four logs per epoch (at most every 10 steps), on a step count that divides ``save_steps``: a run
+    resumed from a checkpoint (periodic, or saved on a signal at a logging step) then logs exactly the same
+    averages as an uninterrupted one."""
+    steps = max(1, min(10, steps_per_epoch // 4))
     while save_steps % steps:
         steps -= 1
     return steps

@@ -30,8 +30,8 @@ TRAIN_SPEC = {"learning_rate": 1e-3, "epochs": 3, "batch_size": 16, "max_length"
 EXITS = "1,2,4"
 
 
-def sweet(*args: str | Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def sweet(*args: str | Path, check: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = env or {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "sweet", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=env, **kwargs)
     if check and proc.returncode != 0:
@@ -224,3 +224,91 @@ def test_user_error_is_one_line_exit_2_and_writes_nothing(case: str, setup: Path
         assert word in lines[0], (word, lines[0])
     # Nothing new: the input files the case created are all that is there.
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------------------------------------------ cluster signals
+# 13 steps per epoch, 39 in all, a log (and so a possible signal checkpoint) every 3 steps, periodic checkpoints
+# every 6: a SIGTERM after checkpoint 6 stops at step 9, 12, … — not a periodic checkpoint.
+SIGNAL_SPEC = {**TRAIN_SPEC, "save_steps": 6, "gradient_conflict_every": 0}
+
+
+def test_sigterm_checkpoints_at_the_next_log_step_and_the_rerun_resumes_identically(setup: Path) -> None:
+    """What Slurm does before a time limit (--signal=TERM@…), on scancel and on pre-emption: the job saves a
+    checkpoint at its next logging step, exits 75, and the rerun resumes there to byte-identical outputs."""
+    spec = json.dumps(SIGNAL_SPEC)
+    reference = setup / "signal-reference"
+    args = train_args(setup, reference)
+    args[args.index("--train-spec") + 1] = spec
+    sweet(*args)
+
+    run = setup / "signalled"
+    args = train_args(setup, run)
+    args[args.index("--train-spec") + 1] = spec
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sweet", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    work = run / "model.checkpoints"
+    deadline = time.monotonic() + 300
+    while not (work / "checkpoint-6" / "trainer_state.json").is_file():
+        assert proc.poll() is None, "training ended before it could be signalled"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "interrupted: training stopped on SIGTERM" in stderr
+    saved = sorted(int(p.name.split("-")[1]) for p in work.glob("checkpoint-*"))
+    assert saved and saved[-1] % 3 == 0 and saved[-1] % 6 != 0, saved  # a logging step, not a periodic one
+    assert not (run / "model").exists() and not (run / "train_metrics.json").exists()
+
+    rerun = sweet(*args)
+    assert f"checkpoint-{saved[-1]}" in rerun.stderr
+    assert (run / "train_metrics.json").read_bytes() == (reference / "train_metrics.json").read_bytes()
+    for name in ("exit_heads.safetensors", "backbone/model.safetensors"):
+        assert (run / "model" / name).read_bytes() == (reference / "model" / name).read_bytes(), name
+
+
+def test_hub_backbone_is_fetched_once_then_read_offline(setup: Path, tmp_path: Path) -> None:
+    """The submit host fetches a hub id through the hub (a stand-in on 127.0.0.1); the training job then runs
+    with the hub offline *and* unreachable, and reads the cached snapshot."""
+    from fake_hub import FakeHub
+
+    repos = tmp_path / "repos" / "sweet-ci"
+    repos.mkdir(parents=True)
+    sweet("init-backbone", "--model-spec", json.dumps(MODEL_SPEC), "--out", repos / "tiny-bert")
+    hub = FakeHub(tmp_path / "repos")
+    server = hub.serve()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    cache = tmp_path / "hub-cache"
+    try:
+        fetched = sweet("fetch", "--model", "sweet-ci/tiny-bert", "--hub-cache", cache, "--out", tmp_path / "f.json",
+                        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": endpoint})
+        assert "sweet-ci/tiny-bert: revision" in fetched.stderr
+        assert any("/resolve/" in r for r in hub.requests)
+        record = json.loads((tmp_path / "f.json").read_text())
+        assert {"config.json", "model.safetensors", "vocab.txt"} <= set(record["files"])
+        asked = len(hub.requests)
+        again = sweet("fetch", "--model", "sweet-ci/tiny-bert", "--hub-cache", cache,
+                      env={**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": endpoint})
+        assert len(hub.requests) == asked, "a complete cached snapshot must not be fetched again"
+        assert again.returncode == 0
+    finally:
+        server.shutdown()
+
+    offline = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+               "HF_ENDPOINT": endpoint}  # the stand-in is gone: any request would fail
+    args = train_args(setup, tmp_path / "run")
+    args[args.index("--backbone") + 1] = "sweet-ci/tiny-bert"
+    spec = json.loads(args[args.index("--train-spec") + 1])
+    args[args.index("--train-spec") + 1] = json.dumps({**spec, "epochs": 1})
+    sweet(*args, "--hub-cache", cache, env=offline)
+    metrics = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    assert metrics["backbone"] == "sweet-ci/tiny-bert" and metrics["backbone_revision"] == record["revision"]
+
+    elsewhere = train_args(setup, tmp_path / "elsewhere")
+    elsewhere[elsewhere.index("--backbone") + 1] = "sweet-ci/tiny-bert"
+    missing = sweet(*elsewhere, "--hub-cache", tmp_path / "empty-cache", check=False, env=offline)
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2 and len(lines) == 1, missing.stderr[-2000:]
+    assert "'sweet-ci/tiny-bert' is not in the hub cache" in lines[0] and "hf download sweet-ci/tiny-bert" in lines[0]
+    assert not (tmp_path / "elsewhere").exists()

@@ -87,13 +87,19 @@ def test_paper_grid_plans_offline_and_fast(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
-def test_paper_grid_groups_short_jobs_on_a_cluster(tmp_path: Path) -> None:
-    """With a cluster executor, each run's short jobs go out as one group job (MM: split, members, the rest)."""
+def test_cluster_groups_calibration_with_evaluation_but_never_with_training(tmp_path: Path) -> None:
+    """With a cluster executor, a run's calibrate + evaluate go out as one group job; training stays alone, so a
+    failed evaluation (which makes snakemake clean every output of its group) cannot delete a finished training."""
     result = dry_run(tmp_path, "--config", "grid=smoke", "--executor", "slurm", "--jobs", "10")
     if "slurm" in result.stderr and result.returncode != 0:
         pytest.skip("the slurm executor plugin is not installed")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("Group job run") == 3  # EE, SWEET, and MM's calibrate/evaluate/curves
+    blocks = result.stdout.split("Group job evaluate")[1:]
+    assert len(blocks) == 3, result.stdout[-3000:]  # EE, SWEET, MM
+    for block in blocks:
+        # The group's members are indented; the next job outside the group starts at column 0.
+        members = re.split(r"\n(?=\S)", block.split("\n", 1)[1], maxsplit=1)[0]
+        assert sorted(re.findall(r"^\s+rule (\w+):", members, re.M)) == ["calibrate", "evaluate"], members
 
 
 def test_keep_checkpoints_keeps_weights(tmp_path: Path) -> None:

@@ -2,17 +2,17 @@
 #
 # A run is (task, model, budget, method, seed); its files live under
 #   results/runs/<task>/<model slug>/b<budget>/<method>/s<seed>/
-# The output root is fixed to results/ and every path component comes from a validated name, so nothing the
-# configuration says can make a rule write outside results/.
+# Every path component comes from a validated name. Outputs live under results/, except the two places the user
+# names on purpose: the hub cache (`hub_cache`) and the checkpoints' scratch root (`scratch_dir`).
 
+import ast
 import json
-import math
+import re
 
 RUN = "results/runs/{task}/{model}/b{budget}/{method}/s{seed}"  # rules spell it out, as the linter prefers
 GRID = config["grids"][config["grid"]]
 SLUG_TO_MODEL = {m.slug: m for m in MODELS.values()}
 KEEP = bool(config.get("keep_checkpoints", False))
-GPUS = int(config.get("gpus", 0))
 THREADS = int(config.get("threads", 1))
 EVAL_BATCH = int(config.get("eval_batch_size", 64))
 
@@ -67,8 +67,11 @@ def task_dir(wildcards):
 
 
 # ---------------------------------------------------------------------------------------------- backbones
+HUB_CACHE = str(Path(config.get("hub_cache", "results/hub-cache")).expanduser())
+
+
 def backbone_arg(wildcards):
-    """What `train --backbone` gets: the initialised folder, the local folder, or the hub id."""
+    """What `train --backbone` gets: the initialised folder, the local folder, or the hub id (read from the cache)."""
     model = model_of(wildcards)
     if model.kind == "inline":
         return f"results/backbones/{model.slug}"
@@ -76,9 +79,22 @@ def backbone_arg(wildcards):
 
 
 def backbone_input(wildcards):
-    """Local and inline backbones are files the job depends on; hub ids are fetched by the job itself."""
+    """The files a job needs before it runs: the initialised or local folder, or the record of a hub backbone
+    fetched into the cache on the submit host (the job itself never downloads)."""
     model = model_of(wildcards)
-    return [] if model.kind == "hub" else [backbone_arg(wildcards)]
+    if model.kind == "hub":
+        return [f"results/backbones/{model.slug}.fetched.json"]
+    return [backbone_arg(wildcards)]
+
+
+def slugs_of(kind):
+    """A wildcard pattern matching the slugs of one kind of model only (never matches when there are none)."""
+    slugs = [re.escape(m.slug) for m in MODELS.values() if m.kind == kind]
+    return "|".join(slugs) if slugs else "(?!x)x"
+
+
+def hub_models():
+    return [MODELS[m] for m in GRID["models"] if MODELS[m].kind == "hub"]
 
 
 def train_spec(wildcards):
@@ -107,6 +123,16 @@ def model_dir(wildcards):
     return f"{run_of(wildcards)}/model"
 
 
+def checkpoint_dir(wildcards):
+    """Where a training job keeps its checkpoints (resumed from after a kill): beside the model, or under
+    scratch_dir when results/ must not hold them."""
+    name = f"member_{wildcards.k}.checkpoints" if "k" in wildcards.keys() else "model.checkpoints"
+    if config.get("scratch_dir"):
+        run = run_of(wildcards).removeprefix("results/")
+        return f"{Path(config['scratch_dir']).expanduser()}/{run}/{name}"
+    return f"{run_of(wildcards)}/{'model/' if 'k' in wildcards.keys() else ''}{name}"
+
+
 def meta_args(wildcards):
     """Identity columns of a run's CSVs; the model column holds the config name, not the folder slug."""
     meta = {
@@ -119,37 +145,77 @@ def meta_args(wildcards):
     return " ".join(f"{k}={v}" for k, v in meta.items())
 
 
+# ---------------------------------------------------------------------------------------------- offline jobs
+# Compute jobs (training, calibration, evaluation) never touch the network: compute nodes often cannot reach it,
+# and a job that tries would hang or fail after its allocation started. Everything they read was fetched or
+# prepared by local rules on the submit host.
+OFFLINE = "env HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
+
+
 # ---------------------------------------------------------------------------------------------- resources
-# Retries (the Slurm profile sets them) come back with more memory and time: `attempt` counts from 1.
-def _params(wildcards, depth=None):
-    model = model_of(wildcards)
-    if model.arch is None:
-        return 350_000_000  # unknown hub model: assume a large one
-    return parameter_count(model.arch, depth)
+# What each compute job asks the cluster for (sweet/cluster.py): runtime and memory estimated from the model's
+# size and the run's budget, grown with each retry (`attempt` counts from 1), never above the partition's caps
+# (config `cluster:`). GPUs: as the executor profile asks (slurm/config.yaml), unless `gpus:` says otherwise.
+def _profile_default(name):
+    """A default resource set by the profile or --default-resources, as a Python value (None if unset)."""
+    defaults = workflow.resource_settings.default_resources
+    if defaults is None or name not in defaults:
+        return None
+    raw = defaults[name].raw
+    try:
+        return ast.literal_eval(raw) if isinstance(raw, str) else raw
+    except (ValueError, SyntaxError):
+        return raw
 
 
-def _member_depth(wildcards):
-    return model_of(wildcards).exit_layers[int(wildcards.k) - 1] if "k" in wildcards.keys() else None
+GPUS_BY_GRES = "gpu" in str(_profile_default("gres") or "")
+if config.get("gpus") is None:
+    GPU_RESOURCES = {}  # as the profile says
+    JOB_GPUS = int(_profile_default("gpu") or 0) or (1 if GPUS_BY_GRES else 0)
+elif int(config["gpus"]) == 0:
+    # No GPU even though the profile asks for one (a CPU-only partition): blank every way it could ask.
+    GPU_RESOURCES = {"gpu": 0, "gres": "", "gpu_model": ""}
+    JOB_GPUS = 0
+else:
+    if GPUS_BY_GRES:
+        print(f"error: config: gpus: {config['gpus']} with a profile that asks for GPUs by gres: set the count in "
+              "the profile's gres line (e.g. gres=gpu:2) and leave gpus unset", file=sys.stderr)
+        sys.exit(1)
+    GPU_RESOURCES = {"gpu": int(config["gpus"])}
+    JOB_GPUS = int(config["gpus"])
+
+ESTIMATE = Estimator(config, gpus=JOB_GPUS, threads=THREADS)
+# Slurm warns a training job this long before its time limit (SIGTERM; scancel and pre-emption send the same):
+# the job checkpoints at its next logging step and exits, and the retry resumes. Other executors ignore it.
+SIGNAL = f"--signal=TERM@{60 * ESTIMATE.caps.signal_minutes}"
+TRAIN_SLURM_EXTRA = " ".join(x for x in (_profile_default("slurm_extra"), SIGNAL) if x)
+TRAIN_RETRIES = retries_for_training(config, MODELS, ESTIMATE)
 
 
-def train_mem_mb(wildcards, attempt):
-    # fp32 weights, gradients and two Adam moments (16 bytes a parameter), plus activations and the runtime.
-    return int((2000 + 24 * _params(wildcards, _member_depth(wildcards)) / 1e6) * attempt)
+# MM members go out as job arrays (slurm profile), and an array is one request for all its tasks: every member
+# of the grid asks for what its largest member needs (the full-depth member of the largest model).
+_MEMBERS = [(m, b, d) for rule, m, b, d in training_jobs(config, MODELS) if rule == "train_member"]
 
 
 def train_runtime(wildcards, attempt):
-    spec = merged_training(config, model_of(wildcards))
-    params = _params(wildcards, _member_depth(wildcards))
-    minutes = 15 + int(wildcards.budget) * float(spec.get("epochs", 2)) * params / 2e10
-    if GPUS == 0 and params > 1e7:
-        minutes *= 10  # a pretrained encoder on CPU
-    return int(math.ceil(minutes * attempt))
+    if "k" in wildcards.keys():
+        return max(ESTIMATE.train_runtime(m, b, d, attempt) for m, b, d in _MEMBERS)
+    return ESTIMATE.train_runtime(model_of(wildcards), int(wildcards.budget), None, attempt)
 
 
-def eval_mem_mb(wildcards, attempt):
-    return int((2000 + 8 * _params(wildcards) / 1e6) * attempt)
+def train_mem_mb(wildcards, attempt):
+    if "k" in wildcards.keys():
+        return max(ESTIMATE.train_mem_mb(m, d, attempt, array=True) for m, _, d in _MEMBERS)
+    return ESTIMATE.train_mem_mb(model_of(wildcards), None, attempt)
 
 
-def eval_runtime(wildcards, attempt):
-    params = _params(wildcards)
-    return int((20 + (200 if GPUS == 0 and params > 1e7 else 20)) * attempt)
+def calibrate_runtime(wildcards, attempt):
+    return ESTIMATE.forward_runtime(model_of(wildcards), int(config.get("calibration_size", 1000)), attempt)
+
+
+def evaluate_runtime(wildcards, attempt):
+    return ESTIMATE.forward_runtime(model_of(wildcards), task_examples(config, wildcards.task), attempt)
+
+
+def forward_mem_mb(wildcards, attempt):
+    return ESTIMATE.forward_mem_mb(model_of(wildcards), attempt)

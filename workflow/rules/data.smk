@@ -1,5 +1,7 @@
-# Per task: validated, prepared data (results/data/<task>/); per inline model: a randomly initialised backbone
-# with its offline tokenizer (results/backbones/<model>/). Both are shared by every run that uses them.
+# Per task: validated, prepared data (results/data/<task>/); per model: a randomly initialised backbone with its
+# offline tokenizer (inline models, results/backbones/<model>/) or a hub backbone fetched into the hub cache
+# (results/backbones/<model>.fetched.json records which revision). All run on the submit host (localrules):
+# they are what needs the network, which compute nodes often lack.
 
 
 rule prepare:
@@ -14,9 +16,6 @@ rule prepare:
         "results/logs/prepare/{task}.log",
     benchmark:
         "results/benchmarks/prepare/{task}.tsv"
-    resources:
-        mem_mb=8000,
-        runtime=60,
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -28,15 +27,40 @@ rule init_backbone:
     """A randomly initialised encoder from an inline config (the demo's offline model)."""
     output:
         directory("results/backbones/{model}"),
+    wildcard_constraints:
+        model=slugs_of("inline"),
     params:
         spec=lambda wildcards: json.dumps(model_of(wildcards).backbone, sort_keys=True),
     log:
         "results/logs/init_backbone/{model}.log",
-    resources:
-        mem_mb=4000,
-        runtime=15,
     conda:
         "../../envs/sweet.yaml"
     threads: 1
     shell:
         "python -m sweet init-backbone --model-spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule fetch_backbone:
+    """Download a hub backbone (config, tokenizer, safetensors weights) into the hub cache, once."""
+    output:
+        "results/backbones/{model}.fetched.json",
+    wildcard_constraints:
+        model=slugs_of("hub"),
+    params:
+        repo=lambda wildcards: model_of(wildcards).backbone,
+        hub_cache=HUB_CACHE,
+    log:
+        "results/logs/fetch_backbone/{model}.log",
+    conda:
+        "../../envs/sweet.yaml"
+    threads: 1
+    shell:
+        "python -m sweet fetch --model {params.repo:q} --hub-cache {params.hub_cache:q} --out {output} > {log} 2>&1"
+
+
+rule fetch:
+    """Target: everything the selected grid downloads (hub backbones, GLUE data), e.g. on a login node that has
+    internet before submitting from one that has not."""
+    input:
+        [f"results/backbones/{m.slug}.fetched.json" for m in hub_models()],
+        [f"results/data/{t}" for t in GRID["tasks"] if config["tasks"][t]["source"] == "glue"],

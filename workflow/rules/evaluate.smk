@@ -1,5 +1,7 @@
 # Evaluation: one batched pass per run stores every exit's logits (the single source of truth for every score,
-# curve and table); the curves of every exit rule are then computed from the stored logits, without a model.
+# curve and table); the curves of every exit rule are then computed from the stored logits, without a model
+# (cheap: on the submit host). On a cluster, calibrate and evaluate of a run go out as one job (group
+# "evaluate", each asking for at most half the time cap, since a group asks for the sum).
 
 
 rule evaluate:
@@ -13,21 +15,22 @@ rule evaluate:
     params:
         model=model_dir,
         batch=EVAL_BATCH,
+        offline=OFFLINE,
     log:
         "results/logs/evaluate/{task}/{model}/b{budget}/{method}/s{seed}.log",
     benchmark:
         "results/benchmarks/evaluate/{task}/{model}/b{budget}/{method}/s{seed}.tsv"
     group:
-        "run"
+        "evaluate"
     resources:
-        gpu=GPUS,
-        mem_mb=eval_mem_mb,
-        runtime=eval_runtime,
+        mem_mb=forward_mem_mb,
+        runtime=evaluate_runtime,
+        **GPU_RESOURCES,
     conda:
         "../../envs/sweet.yaml"
     threads: THREADS
     shell:
-        "python -m sweet evaluate --model {params.model} --task-dir {input.task_dir}"
+        "{params.offline} python -m sweet evaluate --model {params.model} --task-dir {input.task_dir}"
         " --temperatures {input.temperatures} --batch-size {params.batch} --out {output} > {log} 2>&1"
 
 
@@ -45,11 +48,6 @@ rule curves:
         dense=config.get("dense_thresholds", 101),
     log:
         "results/logs/curves/{task}/{model}/b{budget}/{method}/s{seed}.log",
-    group:
-        "run"
-    resources:
-        mem_mb=4000,
-        runtime=15,
     conda:
         "../../envs/sweet.yaml"
     threads: 1

@@ -1,9 +1,12 @@
-# Training: one job per EE/SWEET run; for MM one job per member (so members train in parallel on a cluster)
-# plus a `combine` step. Each run gets its own seeded training subset and calibration split first.
+# Training: one job per EE/SWEET run; for MM one job per member (so members train in parallel on a cluster; the
+# slurm profile submits them as job arrays) plus a `combine` step. Each run gets its own seeded training subset
+# and calibration split first.
 #
-# Jobs in group "run" (split, EE/SWEET training, combine, calibrate, evaluate, curves) of one run are chained,
-# so a cluster executor submits them as one job per run (MM: one for the split, one per member, one for the rest)
-# instead of thousands of tiny ones. The local executor runs them one by one as usual.
+# Training jobs are never grouped with the steps after them: a failed calibration or evaluation (or curves)
+# must not delete a finished training, which Snakemake does to every job of a failed group. Cheap steps (split,
+# combine) run on the submit host (Snakefile: localrules). Training commands `exec` python so that Slurm's
+# SIGTERM (warning before the time limit, scancel, pre-emption) reaches the training process directly: it
+# checkpoints at its next logging step and exits, and the retry resumes (sweet/train.py: CheckpointOnSignal).
 
 
 rule split:
@@ -12,16 +15,11 @@ rule split:
         task_dir,
     output:
         "results/runs/{task}/{model}/b{budget}/{method}/s{seed}/splits.json",
-    wildcard_constraints:
-        method="mm",
     params:
         calibration=config.get("calibration_size", 1000),
         calibrate_on=config.get("calibrate_on", "pool"),
     log:
         "results/logs/split/{task}/{model}/b{budget}/{method}/s{seed}.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -30,18 +28,9 @@ rule split:
         " --calibration-size {params.calibration} --calibrate-on {params.calibrate_on} --out {output} > {log} 2>&1"
 
 
-# MM's members depend on the split and the rest of the run depends on the members: an MM split inside group
-# "run" would make the group depend on itself through jobs outside it, so only EE/SWEET splits join the group.
-use rule split as split_grouped with:
-    wildcard_constraints:
-        method="ee|sweet",
-    group:
-        "run"
-
-
 rule train:
     """Fine-tune an early-exit model (EE: exits share the backbone's gradients; SWEET: each block learns only
-    from its own exit). A killed job resumes from <model>.checkpoints/ when rerun."""
+    from its own exit). A killed or signalled job resumes from its checkpoints when rerun."""
     input:
         task_dir=task_dir,
         splits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/splits.json",
@@ -54,27 +43,31 @@ rule train:
         method="ee|sweet",
     params:
         backbone=backbone_arg,
+        hub_cache=HUB_CACHE,
         exits=exit_layers_arg,
         spec=train_spec,
         meta=meta_args,
+        work_dir=checkpoint_dir,
+        offline=OFFLINE,
     log:
         "results/logs/train/{task}/{model}/b{budget}/{method}/s{seed}.log",
     benchmark:
         "results/benchmarks/train/{task}/{model}/b{budget}/{method}/s{seed}.tsv"
-    group:
-        "run"
+    retries: TRAIN_RETRIES
     resources:
-        gpu=GPUS,
         mem_mb=train_mem_mb,
         runtime=train_runtime,
+        slurm_extra=TRAIN_SLURM_EXTRA,
+        **GPU_RESOURCES,
     conda:
         "../../envs/sweet.yaml"
     threads: THREADS
     shell:
-        "python -m sweet train --task-dir {input.task_dir} --splits {input.splits} --backbone {params.backbone:q}"
-        " --exit-layers {params.exits} --method {wildcards.method} --seed {wildcards.seed}"
-        " --train-spec {params.spec:q} --out {output.model} --metrics {output.metrics}"
-        " --gradient-conflict-out {output.conflict} --meta {params.meta} > {log} 2>&1"
+        "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
+        " --backbone {params.backbone:q} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
+        " --method {wildcards.method} --seed {wildcards.seed} --train-spec {params.spec:q}"
+        " --out {output.model} --metrics {output.metrics} --gradient-conflict-out {output.conflict}"
+        " --meta {params.meta} --work-dir {params.work_dir:q} > {log} 2>&1"
 
 
 rule train_member:
@@ -90,23 +83,29 @@ rule train_member:
         method="mm",
     params:
         backbone=backbone_arg,
+        hub_cache=HUB_CACHE,
         exits=exit_layers_arg,
         spec=train_spec,
+        work_dir=checkpoint_dir,
+        offline=OFFLINE,
     log:
         "results/logs/train_member/{task}/{model}/b{budget}/{method}/s{seed}/member_{k}.log",
     benchmark:
         "results/benchmarks/train_member/{task}/{model}/b{budget}/{method}/s{seed}/member_{k}.tsv"
+    retries: TRAIN_RETRIES
     resources:
-        gpu=GPUS,
         mem_mb=train_mem_mb,
         runtime=train_runtime,
+        slurm_extra=TRAIN_SLURM_EXTRA,
+        **GPU_RESOURCES,
     conda:
         "../../envs/sweet.yaml"
     threads: THREADS
     shell:
-        "python -m sweet train --task-dir {input.task_dir} --splits {input.splits} --backbone {params.backbone:q}"
-        " --exit-layers {params.exits} --method mm --member {wildcards.k} --seed {wildcards.seed}"
-        " --train-spec {params.spec:q} --out {output.model} --metrics {output.metrics} > {log} 2>&1"
+        "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
+        " --backbone {params.backbone:q} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
+        " --method mm --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
+        " --out {output.model} --metrics {output.metrics} --work-dir {params.work_dir:q} > {log} 2>&1"
 
 
 rule combine:
@@ -119,11 +118,6 @@ rule combine:
         method="mm",
     log:
         "results/logs/combine/{task}/{model}/b{budget}/{method}/s{seed}.log",
-    group:
-        "run"
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -132,7 +126,7 @@ rule combine:
 
 
 rule calibrate:
-    """Per-exit temperature scaling on the run's calibration split."""
+    """Per-exit temperature scaling on the run's calibration split (grouped with `evaluate`: one job per run)."""
     input:
         model=model_inputs,
         task_dir=task_dir,
@@ -142,19 +136,20 @@ rule calibrate:
     params:
         model=model_dir,
         batch=EVAL_BATCH,
+        offline=OFFLINE,
     log:
         "results/logs/calibrate/{task}/{model}/b{budget}/{method}/s{seed}.log",
     benchmark:
         "results/benchmarks/calibrate/{task}/{model}/b{budget}/{method}/s{seed}.tsv"
     group:
-        "run"
+        "evaluate"
     resources:
-        gpu=GPUS,
-        mem_mb=eval_mem_mb,
-        runtime=eval_runtime,
+        mem_mb=forward_mem_mb,
+        runtime=calibrate_runtime,
+        **GPU_RESOURCES,
     conda:
         "../../envs/sweet.yaml"
     threads: THREADS
     shell:
-        "python -m sweet calibrate --model {params.model} --task-dir {input.task_dir} --splits {input.splits}"
-        " --batch-size {params.batch} --out {output} > {log} 2>&1"
+        "{params.offline} python -m sweet calibrate --model {params.model} --task-dir {input.task_dir}"
+        " --splits {input.splits} --batch-size {params.batch} --out {output} > {log} 2>&1"
