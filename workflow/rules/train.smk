@@ -55,6 +55,7 @@ rule train:
     params:
         backbone=backbone_arg,
         exits=exit_layers_arg,
+        pooling=pooling_arg,
         spec=train_spec,
         meta=meta_args,
     log:
@@ -72,7 +73,7 @@ rule train:
     threads: THREADS
     shell:
         "python -m sweet train --task-dir {input.task_dir} --splits {input.splits} --backbone {params.backbone:q}"
-        " --exit-layers {params.exits} --method {wildcards.method} --seed {wildcards.seed}"
+        " --exit-layers {params.exits} {params.pooling} --method {wildcards.method} --seed {wildcards.seed}"
         " --train-spec {params.spec:q} --out {output.model} --metrics {output.metrics}"
         " --gradient-conflict-out {output.conflict} --meta {params.meta} > {log} 2>&1"
 
@@ -91,6 +92,7 @@ rule train_member:
     params:
         backbone=backbone_arg,
         exits=exit_layers_arg,
+        pooling=pooling_arg,
         spec=train_spec,
     log:
         "results/logs/train_member/{task}/{model}/b{budget}/{method}/s{seed}/member_{k}.log",
@@ -105,7 +107,7 @@ rule train_member:
     threads: THREADS
     shell:
         "python -m sweet train --task-dir {input.task_dir} --splits {input.splits} --backbone {params.backbone:q}"
-        " --exit-layers {params.exits} --method mm --member {wildcards.k} --seed {wildcards.seed}"
+        " --exit-layers {params.exits} {params.pooling} --method mm --member {wildcards.k} --seed {wildcards.seed}"
         " --train-spec {params.spec:q} --out {output.model} --metrics {output.metrics} > {log} 2>&1"
 
 
