@@ -191,17 +191,18 @@ class EarlyExitModel(nn.Module):
         model_type = backbone.config.model_type
         spec = backbone_spec(model_type)
         self.exit_layers = check_exit_layers(config.exit_layers, backbone.config.num_hidden_layers)
-        config.pooling = resolve_pooling(model_type, config.pooling)
+        config.pooling = resolve_pooling(model_type, config.pooling)  # saved explicitly from here on
         hidden = backbone.config.hidden_size
         dropout = config.classifier_dropout
         if dropout is None:
             dropout = head_dropout(spec.head, backbone.config)
         if config.shared_pooler and spec.head == "score":
             raise UserError(f"shared_pooler: {model_type} exits have no pooler to share (one linear layer each)")
-        pretrained = find_module(backbone, spec.pooler) if spec.pooler else pretrained_head
+        backbone_pooler = find_module(backbone, spec.pooler) if spec.pooler else None
+        pretrained = backbone_pooler if backbone_pooler is not None else pretrained_head
         # The shared pooler is the backbone's own when it has one, so the reference's setting is reproduced exactly.
         self.shared_pooler = None
-        if config.shared_pooler and not (spec.pooler and pretrained is not None):
+        if config.shared_pooler and backbone_pooler is None:
             self.shared_pooler = make_pooler(spec.head, backbone.config)
         norm = final_norm(backbone)
         self.heads = nn.ModuleList(

@@ -92,8 +92,8 @@ class MemberModel(nn.Module):
         check_exit_layers([depth], config.num_hidden_layers)
         if pooling not in spec.stock_poolings:
             backbone, pretrained_head = load_backbone(name_or_path, **truncation(config, depth))
-            config = EarlyExitConfig([depth], num_labels, "ee", learned_exit=learned_exit, pooling=pooling)
-            return cls(EarlyExitModel(config, backbone, pretrained_head), pooling)
+            one_exit = EarlyExitConfig([depth], num_labels, "ee", learned_exit=learned_exit, pooling=pooling)
+            return cls(EarlyExitModel(one_exit, backbone, pretrained_head), pooling)
         overrides = truncation(config, depth)
         if spec.stock_pooling_option is not None:
             overrides[spec.stock_pooling_option] = pooling

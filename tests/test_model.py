@@ -20,7 +20,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from sweet import EarlyExitModel, MultiModel
 from sweet.audit import separation_audit
-from sweet.backbones import BACKBONES, encoder_layers
+from sweet.backbones import BACKBONES, encoder_layers, final_norm
 from sweet.errors import UserError
 from sweet.model import CONFIG_NAME, pool
 
@@ -153,7 +153,7 @@ def test_exits_read_the_stock_hidden_states(model_type, pooling, tmp_path_factor
     mask = batch["attention_mask"]
     out = model(**batch)
     stock = model.backbone(input_ids=batch["input_ids"], attention_mask=mask, output_hidden_states=True)
-    norm = model.backbone.get_submodule(BACKBONES[hf_model_type(model_type)].final_norm or "") if model.heads[0].norm else None
+    norm = final_norm(model.backbone)  # None for BERT-like encoders
     for k, layer in enumerate(EXITS):
         if layer < DEPTH or norm is None:
             expected, _ = model.exit_head(k, stock.hidden_states[layer], mask)
