@@ -2,8 +2,10 @@
 
 For SWEET the answer should be "none" apart from what the architecture shares by construction (DeBERTa's
 relative-position embeddings, read by every layer) or what the user chose to share (the reference's single
-pooler). For EE nearly every backbone parameter is shared, which is the conflict SWEET removes. The audit runs the
-real model on a small random batch and checks each exit's loss gradient separately.
+pooler). A final norm the stock model applies after its last layer (ModernBERT, decoders) is not shared: every
+exit has its own copy. For EE nearly every backbone parameter is shared, which is the conflict SWEET removes.
+The audit runs the real model on a small random batch of varied lengths (padded, so the pooling reads the
+attention mask as in training) and checks each exit's loss gradient separately.
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ def separation_audit(model: EarlyExitModel, vocab_size: int, batch_size: int = 4
     generator = torch.Generator().manual_seed(seed)
     low = min(5, vocab_size - 1)  # skip the first ids, which are special tokens in every supported vocabulary
     device = next(model.parameters()).device
+    lengths = torch.randint(2, seq_len + 1, (batch_size,), generator=generator)
+    lengths[0] = seq_len
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+    pad = model.backbone.config.pad_token_id or 0
+    ids = torch.randint(low, vocab_size, (batch_size, seq_len), generator=generator).masked_fill(mask == 0, pad)
     batch = {
-        "input_ids": torch.randint(low, vocab_size, (batch_size, seq_len), generator=generator).to(device),
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
         "labels": torch.randint(0, model.config.num_labels, (batch_size,), generator=generator).to(device),
     }
     was_training = model.training
@@ -49,6 +56,7 @@ def separation_audit(model: EarlyExitModel, vocab_size: int, batch_size: int = 4
         "method": model.config.method,
         "exit_layers": model.exit_layers,
         "shared_pooler": model.config.shared_pooler,
+        "pooling": model.pooling,
         "n_parameters_shared": len(shared),
         "shared": shared,
     }

@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sweet.backbones import POOLINGS  # the registry imports no torch
 from sweet.errors import UserError
+
+POOLING_HELP = ("how each exit reads the hidden states: cls (first token), mean (over non-padding tokens) or last "
+                "(last non-padding token); default: the backbone's (cls for encoders, last for decoders)")
 
 
 def _json_arg(value: str) -> dict:
@@ -93,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         record = train(
             rows, task.num_labels, backbone, args.exit_layers, args.method, args.seed, spec,
-            out=args.out, work_dir=work_dir, member=args.member,
+            out=args.out, work_dir=work_dir, member=args.member, pooling=args.pooling,
         )
     except TrainingInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
@@ -166,14 +170,14 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
     model = EarlyExitModel.from_pretrained(
         args.backbone, num_labels=args.num_labels, exit_layers=args.exit_layers, method=args.method,
-        shared_pooler=args.shared_pooler,
+        shared_pooler=args.shared_pooler, pooling=args.pooling,
     )
     report = separation_audit(model, vocab_size=model.backbone.config.vocab_size)
     if args.out:
         from sweet.io import write_json
 
         write_json(args.out, report)
-    print(f"{args.method} on {args.backbone}, exits {model.exit_layers}: "
+    print(f"{args.method} on {args.backbone}, exits {model.exit_layers}, {model.pooling} pooling: "
           f"{report['n_parameters_shared']} parameter tensors receive gradient from more than one exit")
     for name, exits in report["shared"].items():
         print(f"  {name}: exits {exits}")
@@ -253,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["ee", "sweet", "mm"], required=True)
     p.add_argument("--member", type=int, help="MM: which member (1-based) to train")
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--pooling", choices=POOLINGS, help=POOLING_HELP)
     p.add_argument("--train-spec", type=_json_arg, default={}, help="training options as JSON (see TrainSpec)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--metrics", required=True, help="training record (JSON) to write")
@@ -299,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["ee", "sweet"], required=True)
     p.add_argument("--num-labels", type=int, default=2)
     p.add_argument("--shared-pooler", action="store_true")
+    p.add_argument("--pooling", choices=POOLINGS, help=POOLING_HELP)
     p.add_argument("--out", help="write the report as JSON")
     p.set_defaults(func=cmd_audit)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweet.backbones import BACKBONES, resolve_pooling  # the registry imports no torch
 from sweet.errors import UserError
 
 RESULTS = "results"  # the output root; fixed, so no configuration value can move writes elsewhere
@@ -71,7 +72,8 @@ class Model:
     kind: str  # "hub" | "local" | "inline"
     exit_layers: list[int]
     training: dict[str, Any] = field(default_factory=dict)  # model-level overrides only
-    arch: dict[str, int] | None = None  # sizes, when knowable offline
+    arch: dict[str, Any] | None = None  # sizes (and model_type of a local folder), when knowable offline
+    pooling: str | None = None  # how exits read the hidden states; None: the backbone's default (cls / last)
 
 
 def slug(name: str) -> str:
@@ -420,8 +422,12 @@ def _resolve_model(name: str, spec: dict, base: Path) -> Model:
     if depth is not None and layers[-1] > depth:
         raise UserError(f"{key}.exit_layers: {layers} goes beyond the backbone's {depth} layers; the last exit "
                         f"must be ≤ {depth}")
+    pooling = spec.get("pooling")
+    model_type = backbone.get("model_type") if isinstance(backbone, dict) else (arch or {}).get("model_type")
+    if pooling is not None and model_type in BACKBONES:
+        resolve_pooling(model_type, pooling, field=f"{key}.pooling")  # e.g. cls on a decoder
     return Model(name=name, slug=slug(name), backbone=backbone, kind=kind, exit_layers=list(layers),
-                 training=dict(spec.get("training") or {}), arch=arch)
+                 training=dict(spec.get("training") or {}), arch=arch, pooling=pooling)
 
 
 def _arch_from_hub_cache(models: dict[str, Model], config: dict, base: Path) -> None:
@@ -457,8 +463,11 @@ def _local_arch(folder: Path, key: str) -> dict[str, int] | None:
     needed = ("num_hidden_layers", "hidden_size", "intermediate_size")
     if not all(_is_int(cfg.get(k)) for k in needed):
         return None
-    return {k: cfg[k] for k in (*needed, "vocab_size", "max_position_embeddings", "type_vocab_size")
+    arch = {k: cfg[k] for k in (*needed, "vocab_size", "max_position_embeddings", "type_vocab_size")
             if _is_int(cfg.get(k))}
+    if isinstance(cfg.get("model_type"), str):
+        arch["model_type"] = cfg["model_type"]
+    return arch
 
 
 def _check_slugs(models: dict[str, Model]) -> None:

@@ -50,7 +50,7 @@ def curve_rows(
     exit_layers = logits["exit_layers"]
     costs = logits["layer_costs"]
     full_depth = int(exit_layers[-1])
-    shape = EncoderShape(int(logits["hidden_size"]), int(logits["intermediate_size"]), int(logits["num_labels"]))
+    shape = EncoderShape.from_logits(logits)
     num_exits, _, num_labels = probs.shape
 
     def row(strategy: str, threshold: float, reference: bool, exit_index: np.ndarray) -> dict:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sweet.batches import encode, load_tokenizer, model_device, sorted_batches, to_device
-from sweet.cost import layer_costs
+from sweet.cost import EncoderShape, encoder_shape, layer_costs
 from sweet.errors import UserError
 from sweet.io import write_npz
 from sweet.model import CONFIG_NAME, EarlyExitModel
@@ -63,9 +63,12 @@ def exit_logits(
     return logits, lte
 
 
-def encoder_shape(model: EarlyExitModel | MultiModel) -> dict[str, int]:
-    config = model.members[-1].classifier.config if isinstance(model, MultiModel) else model.backbone.config
-    return {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size}
+def flops_shape(model: EarlyExitModel | MultiModel, num_labels: int) -> EncoderShape:
+    """What the FLOPs count needs: the architecture of the full-depth model (MM: the deepest member) and its exits."""
+    if isinstance(model, MultiModel):
+        member = model.members[-1]
+        return encoder_shape(member.encoder_config, member.pooling, num_labels)
+    return encoder_shape(model.backbone.config, model.pooling, num_labels)
 
 
 def evaluate(
@@ -81,6 +84,7 @@ def evaluate(
     if len(temperatures) != logits.shape[0]:
         raise UserError(f"--temperatures: {len(temperatures)} temperatures for {logits.shape[0]} exits; recalibrate this model")
     method = method_of(model)
+    shape = flops_shape(model, logits.shape[2])
     arrays = {
         "exit_logits": logits,
         "temperatures": np.asarray(temperatures, dtype=np.float32),
@@ -91,7 +95,9 @@ def evaluate(
         "layer_costs": layer_costs(model.exit_layers, method),
         "method": np.array(method),
         "num_labels": np.array(logits.shape[2]),
-        **{k: np.array(v) for k, v in encoder_shape(model).items()},
+        "flops_shape": np.array(shape.to_json()),  # sweet.cost.EncoderShape
+        "hidden_size": np.array(shape.hidden_size),  # kept for readers of runs stored before flops_shape
+        "intermediate_size": np.array(shape.intermediate_size),
     }
     if lte is not None:
         arrays["lte_scores"] = lte

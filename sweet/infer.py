@@ -1,9 +1,11 @@
 """Real early exit: stop computing once an example's exit rule fires.
 
-EE/SWEET: forward hooks on the stock encoder. At each exit layer the exit head runs on the rows still in the
-batch; rows whose rule fires are answered and removed from the batch (the hidden state handed to the next layer
-shrinks, and a pre-hook cuts the attention mask to match); when no row is left the forward pass is abandoned, so
-later layers are never computed. MM: members run in order on the rows not yet answered.
+EE/SWEET: forward hooks on the stock backbone. At each exit layer the exit head runs on the rows still in the
+batch (with their attention mask, which the pooling reads); rows whose rule fires are answered and removed from
+the batch: the hidden state handed to the next layer shrinks, and a pre-hook on every layer cuts whatever else it
+receives per row to match (the attention mask, and for rotary models the per-row positions where they are
+batched); when no row is left the forward pass is abandoned, so later layers are never computed. MM: members run
+in order on the rows not yet answered.
 
 The decision at exit k is ``sweet.exits`` rule's causal ``fires`` on exits 1..k, the same function the offline
 curves use, so predictions and exit layers equal the offline simulation (``tests/test_infer.py``).
@@ -20,7 +22,7 @@ from torch import nn
 from sweet.backbones import backbone_spec
 from sweet.batches import model_device, sorted_batches, to_device
 from sweet.exits import ExitRule, calibrated_probs
-from sweet.model import EarlyExitModel, StopForward, _backbone_inputs
+from sweet.model import EarlyExitModel, StopForward, backbone_inputs
 from sweet.multimodel import MultiModel
 
 
@@ -57,28 +59,30 @@ class _Decider:
 
 @torch.inference_mode()
 def _early_exit_batch(model: EarlyExitModel, batch: dict[str, torch.Tensor], decider: _Decider) -> None:
-    spec = backbone_spec(model.backbone.config.model_type)
+    rowless = backbone_spec(model.backbone.config.model_type).rowless_layer_kwargs
     full = batch["input_ids"].shape[0]
+    mask = batch.get("attention_mask")
     state = {"rows": np.arange(full)}  # original indices of the rows still being computed
     last = model.num_exits - 1
 
-    def cut_mask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        rows = state["rows"]
-        if len(rows) == full:
+    def keep_index() -> torch.Tensor:
+        return torch.as_tensor(state["rows"], device=batch["input_ids"].device)
+
+    def cut_rows(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # The hidden state (args[0]) was already cut by the exit hook; every other per-row tensor is cut here.
+        if len(state["rows"]) == full:
             return args, kwargs
-        keep = torch.as_tensor(rows, device=batch["input_ids"].device)
-        args = list(args)
-        if len(args) > spec.mask_arg and _batched(args[spec.mask_arg], full):
-            args[spec.mask_arg] = args[spec.mask_arg].index_select(0, keep)
-        if _batched(kwargs.get("attention_mask"), full):
-            kwargs["attention_mask"] = kwargs["attention_mask"].index_select(0, keep)
-        return tuple(args), kwargs
+        keep = keep_index()
+        args = (args[0], *(_select_rows(a, keep, full) for a in args[1:]))
+        kwargs = {k: v if k in rowless else _select_rows(v, keep, full) for k, v in kwargs.items()}
+        return args, kwargs
 
     def make_exit_hook(k: int):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             hidden = output[0] if isinstance(output, tuple) else output
-            logits, lte = model.exit_head(k, hidden)
             rows = state["rows"]
+            rows_mask = None if mask is None else mask if len(rows) == full else mask.index_select(0, keep_index())
+            logits, lte = model.exit_head(k, hidden, rows_mask)
             leave = decider.decide(k, rows, logits, lte)
             if leave.all() or k == last:
                 raise StopForward
@@ -90,10 +94,10 @@ def _early_exit_batch(model: EarlyExitModel, batch: dict[str, torch.Tensor], dec
         return hook
 
     layers = model.layers
-    handles = [layers[i].register_forward_pre_hook(cut_mask, with_kwargs=True) for i in range(model.exit_layers[-1])]
+    handles = [layers[i].register_forward_pre_hook(cut_rows, with_kwargs=True) for i in range(model.exit_layers[-1])]
     handles += [module.register_forward_hook(make_exit_hook(k)) for k, module in enumerate(model.exit_modules)]
     try:
-        model.backbone(**_backbone_inputs(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")))
+        model.backbone(**backbone_inputs(model.backbone, batch["input_ids"], mask, batch.get("token_type_ids")))
     except StopForward:
         pass
     finally:
@@ -138,5 +142,12 @@ def run_early_exit(
     return predictions, exits
 
 
-def _batched(value: Any, full: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == full
+def _select_rows(value: Any, keep: torch.Tensor, full: int) -> Any:
+    """``value`` with only the rows in ``keep`` where it is per row: a tensor of ≥ 2 dimensions whose first is the
+    full batch (masks [batch, 1, q, k], positions [batch, seq], rotary cos/sin [batch, seq, dim]), also inside
+    tuples and lists. Anything else (broadcast [1, …] tensors, 1-D tensors, None, caches) passes unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, keep) if value.dim() >= 2 and value.shape[0] == full else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_select_rows(v, keep, full) for v in value)
+    return value

@@ -1,9 +1,14 @@
-"""EarlyExitModel: classifier exits on any supported Hugging Face encoder, trained as EE or SWEET.
+"""EarlyExitModel: classifier exits on any supported Hugging Face backbone, trained as EE or SWEET.
 
-The backbone is a stock ``AutoModel``. Forward hooks on the encoder layers named in ``exit_layers`` capture the
-hidden state for each exit head and, for SWEET, hand the *detached* hidden state to the next layer: the forward
-values are unchanged, but the layers between exit k-1 and exit k (the embeddings belong to the first block) then
+The backbone is a stock ``AutoModel``. Forward hooks on the layers named in ``exit_layers`` capture the hidden
+state for each exit head and, for SWEET, hand the *detached* hidden state to the next layer: the forward values
+are unchanged, but the layers between exit k-1 and exit k (the embeddings belong to the first block) then
 receive gradient only from exit k's loss. Layers after the last exit are never computed.
+
+An exit pools the hidden states of its layer into one vector per example (``pooling``: the first token, the mean
+or the last token, reading padding from the attention mask), after its own copy of the backbone's final norm
+where the architecture has one (ModernBERT, decoders), and classifies it with a head shaped like the stock
+sequence classifier's (``sweet.backbones.HEADS``).
 
 Saved folders are peft-like: ``backbone/`` is a stock Hugging Face model folder (``AutoModel.from_pretrained``
 loads the fine-tuned encoder), ``exit_heads.safetensors`` holds the heads and ``sweet_config.json`` the exits.
@@ -11,6 +16,8 @@ loads the fine-tuned encoder), ``exit_heads.safetensors`` holds the heads and ``
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,9 +34,11 @@ from sweet.backbones import (
     backbone_spec,
     check_exit_layers,
     encoder_layers,
+    final_norm,
     find_module,
     get_module,
     layer_output_modules,
+    resolve_pooling,
 )
 from sweet.errors import UserError
 
@@ -47,7 +56,10 @@ class EarlyExitConfig:
     method: str = "ee"  # "ee": exits share gradients; "sweet": each block is trained by its own exit only
     shared_pooler: bool = False  # True reproduces the reference: one [CLS] pooler shared by all exits
     learned_exit: bool = False  # add a learned-to-exit head per exit (BERxiT's LTE, the reference's `lte` rule)
-    classifier_dropout: float | None = None  # None: the backbone's hidden_dropout_prob
+    classifier_dropout: float | None = None  # None: what the stock classifier of this architecture uses
+    # cls | mean | last (see sweet.backbones.POOLINGS); None: the architecture's default (cls for encoders, as in
+    # the paper; last for decoders). Folders saved before pooling existed have no key and load as cls.
+    pooling: str | None = None
     kind: str = field(default="early-exit", init=False)
 
     def __post_init__(self) -> None:
@@ -80,46 +92,130 @@ class StopForward(Exception):
     """Raised by a hook once nothing after the current layer is needed; caught by whoever installed the hook."""
 
 
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """One vector per example from hidden states [batch, seq, hidden]; padding is where ``attention_mask`` is 0.
+
+    "cls": the first non-padding token; "mean": the mean over non-padding tokens; "last": the last non-padding
+    token. With right padding (how `sweet` pads) "cls" is position 0, as in BERT's stock classifier.
+    """
+    if attention_mask is None:
+        if pooling == "mean":
+            return hidden.mean(dim=1)
+        return hidden[:, 0] if pooling == "cls" else hidden[:, -1]
+    if pooling == "mean":
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+    present = attention_mask.bool()
+    if pooling == "cls":
+        position = present.int().argmax(dim=1)  # argmax returns the first maximum
+    elif pooling == "last":
+        position = hidden.shape[1] - 1 - present.flip(1).int().argmax(dim=1)
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
+
+
+def make_pooler(head: str, config: Any) -> nn.Module | None:
+    """The dense part of an exit head between the pooled vector and the classifier, as the stock classifier has."""
+    hidden = config.hidden_size
+    if head == "tanh-pooler":
+        return nn.Linear(hidden, hidden)  # tanh is applied in ExitHead.forward
+    if head == "prediction-head":
+        from transformers.models.modernbert.modeling_modernbert import ModernBertPredictionHead
+
+        return ModernBertPredictionHead(config)
+    return None
+
+
+def head_dropout(head: str, config: Any) -> float:
+    """The dropout before the classifier in the stock classifier of this head shape."""
+    if head == "tanh-pooler":
+        return getattr(config, "hidden_dropout_prob", 0.1)
+    if head == "prediction-head":
+        return getattr(config, "classifier_dropout", 0.0)
+    return 0.0  # the decoders' `score` has none
+
+
 class ExitHead(nn.Module):
-    """[CLS] → dense+tanh pooler → dropout → linear, the shape of BERT's sequence classifier."""
+    """One exit: [its copy of the final norm] → pooling → [pooler] → dropout → classifier.
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, own_pooler: bool) -> None:
+    The pooler is the exit's own (``own_pooler``) or one shared by every exit (the reference's single pooler).
+    """
+
+    def __init__(
+        self,
+        head: str,
+        config: Any,
+        num_labels: int,
+        dropout: float,
+        pooling: str,
+        own_pooler: bool,
+        norm: nn.Module | None,
+    ) -> None:
         super().__init__()
-        self.pooler = nn.Linear(hidden_size, hidden_size) if own_pooler else None
+        self.kind = head
+        self.pooling = pooling
+        self.norm = norm
+        self.pooler = make_pooler(head, config) if own_pooler else None
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, num_labels)
+        self.classifier = nn.Linear(config.hidden_size, num_labels, bias=head != "score")
 
-    def forward(self, cls_hidden: torch.Tensor, shared_pooler: nn.Linear | None = None) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The normalised, pooled vector this exit classifies (what its learned-to-exit head reads too)."""
+        if self.norm is None:
+            return pool(hidden, attention_mask, self.pooling)
+        if self.pooling == "mean":
+            return pool(self.norm(hidden), attention_mask, "mean")
+        # A per-token norm commutes with picking a token: normalise only the one that is read.
+        return self.norm(pool(hidden, attention_mask, self.pooling))
+
+    def forward(self, pooled: torch.Tensor, shared_pooler: nn.Module | None = None) -> torch.Tensor:
         pooler = self.pooler if self.pooler is not None else shared_pooler
-        pooled = torch.tanh(pooler(cls_hidden))
+        if pooler is not None:
+            pooled = pooler(pooled)
+            if self.kind == "tanh-pooler":
+                pooled = torch.tanh(pooled)
         return self.classifier(self.dropout(pooled))
 
 
 class EarlyExitModel(nn.Module):
     """An encoder with a classifier after each layer in ``config.exit_layers``."""
 
-    def __init__(self, config: EarlyExitConfig, backbone: nn.Module) -> None:
+    def __init__(
+        self, config: EarlyExitConfig, backbone: nn.Module, pretrained_head: nn.Module | None = None
+    ) -> None:
+        """``pretrained_head``: the checkpoint's head outside the AutoModel (``Backbone.pretrained_head``)."""
         super().__init__()
         self.config = config
         self.backbone = backbone
-        spec = backbone_spec(backbone.config.model_type)
+        model_type = backbone.config.model_type
+        spec = backbone_spec(model_type)
         self.exit_layers = check_exit_layers(config.exit_layers, backbone.config.num_hidden_layers)
+        config.pooling = resolve_pooling(model_type, config.pooling)  # saved explicitly from here on
         hidden = backbone.config.hidden_size
         dropout = config.classifier_dropout
         if dropout is None:
-            dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
-        pretrained_pooler = find_module(backbone, spec.pooler) if spec.pooler else None
+            dropout = head_dropout(spec.head, backbone.config)
+        if config.shared_pooler and spec.head == "score":
+            raise UserError(f"shared_pooler: {model_type} exits have no pooler to share (one linear layer each)")
+        backbone_pooler = find_module(backbone, spec.pooler) if spec.pooler else None
+        pretrained = backbone_pooler if backbone_pooler is not None else pretrained_head
         # The shared pooler is the backbone's own when it has one, so the reference's setting is reproduced exactly.
         self.shared_pooler = None
-        if config.shared_pooler and pretrained_pooler is None:
-            self.shared_pooler = nn.Linear(hidden, hidden)
+        if config.shared_pooler and backbone_pooler is None:
+            self.shared_pooler = make_pooler(spec.head, backbone.config)
+        norm = final_norm(backbone)
         self.heads = nn.ModuleList(
-            ExitHead(hidden, config.num_labels, dropout, own_pooler=not config.shared_pooler) for _ in self.exit_layers
+            ExitHead(
+                spec.head, backbone.config, config.num_labels, dropout, config.pooling,
+                own_pooler=not config.shared_pooler, norm=None if norm is None else copy.deepcopy(norm),
+            )
+            for _ in self.exit_layers
         )
         self.lte_heads = (
             nn.ModuleList(nn.Linear(hidden, 1) for _ in self.exit_layers) if config.learned_exit else None
         )
-        self._init_heads(pretrained_pooler)
+        self._init_heads(pretrained)
 
     # ----------------------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -139,7 +235,7 @@ class EarlyExitModel(nn.Module):
                 raise UserError(f"{folder}: a saved EarlyExitModel is restored as saved; pass no other arguments")
             config = EarlyExitConfig.load(folder)
             backbone = AutoModel.from_pretrained(folder / "backbone", trust_remote_code=False)
-            model = cls(config, backbone)
+            model = cls(config, backbone)  # every head is then overwritten with the saved one
             state = load_file(folder / HEADS_NAME)
             missing, unexpected = model.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("backbone.")]
@@ -148,9 +244,9 @@ class EarlyExitModel(nn.Module):
             return model
         if num_labels is None or exit_layers is None:
             raise UserError(f"{name_or_path}: a backbone checkpoint needs num_labels=… and exit_layers=[…]")
-        backbone = load_backbone(name_or_path)
+        backbone, pretrained_head = load_backbone(name_or_path)
         config = EarlyExitConfig(exit_layers=list(exit_layers), num_labels=num_labels, method=method, **options)
-        return cls(config, backbone)
+        return cls(config, backbone, pretrained_head)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write ``backbone/`` (stock HF folder), ``exit_heads.safetensors`` and ``sweet_config.json``."""
@@ -161,18 +257,20 @@ class EarlyExitModel(nn.Module):
         save_file(heads, folder / HEADS_NAME, metadata={"format": "pt"})
         self.config.save(folder)
 
-    def _init_heads(self, pretrained_pooler: nn.Module | None) -> None:
+    def _init_heads(self, pretrained: nn.Module | None) -> None:
         std = getattr(self.backbone.config, "initializer_range", 0.02)
         new_parts = [self.heads, self.lte_heads, self.shared_pooler]
         linears = [m for part in new_parts if part is not None for m in part.modules() if isinstance(m, nn.Linear)]
         for linear in linears:
             nn.init.normal_(linear.weight, std=std)
-            nn.init.zeros_(linear.bias)
-        if pretrained_pooler is not None:
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+        if pretrained is not None:
             # Each exit's pooler starts from the pretrained one, as a single-exit fine-tune would.
-            for head in self.heads:
-                if head.pooler is not None:
-                    head.pooler.load_state_dict(pretrained_pooler.state_dict())
+            poolers = [head.pooler for head in self.heads] + [self.shared_pooler]
+            for pooler in poolers:
+                if pooler is not None:
+                    pooler.load_state_dict(pretrained.state_dict())
 
     # ----------------------------------------------------------------------------------------------------------
     @property
@@ -188,21 +286,28 @@ class EarlyExitModel(nn.Module):
         """The module whose output is the hidden state each exit reads (and SWEET cuts), in exit order."""
         return layer_output_modules(self.backbone, self.exit_layers)
 
-    def pooler_for_shared_heads(self) -> nn.Linear | None:
+    @property
+    def pooling(self) -> str:
+        return self.config.pooling
+
+    def pooler_for_shared_heads(self) -> nn.Module | None:
         if not self.config.shared_pooler:
             return None
         if self.shared_pooler is not None:
             return self.shared_pooler
         return get_module(self.backbone, backbone_spec(self.backbone.config.model_type).pooler)
 
-    def exit_head(self, k: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (and learned-to-exit score) of exit ``k`` from the hidden states [batch, seq, hidden] at its layer."""
-        cls_hidden = hidden[:, 0]
-        logits = self.heads[k](cls_hidden, self.pooler_for_shared_heads())
+    def exit_head(
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (and learned-to-exit score) of exit ``k`` from the hidden states [batch, seq, hidden] at its layer
+        (the layer's raw output: the exit applies its own copy of the final norm) and the rows' attention mask."""
+        pooled = self.heads[k].pool(hidden, attention_mask)
+        logits = self.heads[k](pooled, self.pooler_for_shared_heads())
         lte = None
         if self.lte_heads is not None:
             # Detached: learning when to exit must not change what the exit predicts.
-            lte = torch.sigmoid(self.lte_heads[k](cls_hidden.detach())).squeeze(-1)
+            lte = torch.sigmoid(self.lte_heads[k](pooled.detach())).squeeze(-1)
         return logits, lte
 
     def forward(
@@ -232,14 +337,14 @@ class EarlyExitModel(nn.Module):
 
         handles = [module.register_forward_hook(make_hook(k)) for k, module in enumerate(self.exit_modules)]
         try:
-            self.backbone(**_backbone_inputs(input_ids, attention_mask, token_type_ids))
+            self.backbone(**backbone_inputs(self.backbone, input_ids, attention_mask, token_type_ids))
         except StopForward:
             pass
         finally:
             for handle in handles:
                 handle.remove()
 
-        outputs = [self.exit_head(k, hidden) for k, hidden in enumerate(hidden_at_exit)]
+        outputs = [self.exit_head(k, hidden, attention_mask) for k, hidden in enumerate(hidden_at_exit)]
         exit_logits = torch.stack([logits for logits, _ in outputs])
         lte_scores = torch.stack([lte for _, lte in outputs]) if self.lte_heads is not None else None
         loss = exit_losses = None
@@ -260,9 +365,11 @@ def exit_loss_terms(exit_logits: torch.Tensor, labels: torch.Tensor, lte_scores:
     return losses
 
 
-def load_backbone(name_or_path: str | Path) -> nn.Module:
-    """A stock ``AutoModel`` from a local folder or (only when the user names one) a hub id."""
-    from transformers import AutoConfig
+def load_backbone(name_or_path: str | Path, **config_overrides: Any) -> tuple[nn.Module, nn.Module | None]:
+    """A stock ``AutoModel`` from a local folder or (only when the user names one) a hub id, and the pretrained head
+    the stock sequence classifier would start from where the registry names one (``Backbone.pretrained_head``)
+    and the checkpoint has it (None otherwise). ``config_overrides``: e.g. ``num_hidden_layers`` to truncate."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
         config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False)
@@ -271,18 +378,34 @@ def load_backbone(name_or_path: str | Path) -> nn.Module:
             f"backbone: cannot load '{name_or_path}' ({str(err).splitlines()[0]}); give a local folder with a "
             "config.json or a Hugging Face hub id"
         ) from None
-    backbone_spec(config.model_type)
-    return AutoModel.from_pretrained(str(name_or_path), trust_remote_code=False, use_safetensors=None)
+    spec = backbone_spec(config.model_type)
+    if spec.pretrained_head is None:
+        backbone = AutoModel.from_pretrained(
+            str(name_or_path), trust_remote_code=False, use_safetensors=None, **config_overrides
+        )
+        return backbone, None
+    # The head lives in the stock classifier, outside the AutoModel: load that class once, keep its base model.
+    classifier, info = AutoModelForSequenceClassification.from_pretrained(
+        str(name_or_path), trust_remote_code=False, use_safetensors=None, output_loading_info=True, **config_overrides
+    )
+    prefix = spec.pretrained_head + "."
+    pretrained = not any(key.startswith(prefix) for key in info["missing_keys"])
+    return classifier.base_model, get_module(classifier, spec.pretrained_head) if pretrained else None
 
 
-def _backbone_inputs(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
-) -> dict[str, torch.Tensor]:
-    inputs = {"input_ids": input_ids}
+def backbone_inputs(
+    backbone: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+) -> dict[str, Any]:
+    """Keyword arguments of the backbone's forward: the ones it takes, and no key/value cache (decoders)."""
+    accepted = inspect.signature(backbone.forward).parameters
+    inputs: dict[str, Any] = {"input_ids": input_ids}
     if attention_mask is not None:
         inputs["attention_mask"] = attention_mask
-    if token_type_ids is not None:
+    if token_type_ids is not None and "token_type_ids" in accepted:
         inputs["token_type_ids"] = token_type_ids
+    if "use_cache" in accepted:
+        inputs["use_cache"] = False
     return inputs
-
-

@@ -1,9 +1,13 @@
 """MultiModel: independent truncated copies of an encoder, run in sequence until one is confident.
 
 Member k is the checkpoint cut to its first ``exit_layers[k]`` layers (``num_hidden_layers=L_k``) with its own
-classification head: a stock ``AutoModelForSequenceClassification`` that any Hugging Face tool loads. Members are
-fine-tuned alone (one job each, so a cluster runs them in parallel) and saved as ``member_<k>/`` folders; the
-MultiModel folder adds ``sweet_config.json``.
+classification head. Where the stock ``AutoModelForSequenceClassification`` pools the way the run asks (BERT-like
+encoders: cls; ModernBERT: cls or mean through ``classifier_pooling``; decoders: the last token), the member *is*
+that stock classifier, which any Hugging Face tool loads. Otherwise (e.g. mean pooling on BERT) it is the
+truncated stock ``AutoModel`` with one exit head of the same shape as EE's exits: a one-exit ``EarlyExitModel``
+(its folder holds a stock ``backbone/`` plus the head), so MM and EE differ only in how the layers are trained.
+Members are fine-tuned alone (one job each, so a cluster runs them in parallel) and saved as ``member_<k>/``
+folders; the MultiModel folder adds ``sweet_config.json``.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from sweet.backbones import backbone_spec, check_exit_layers
+from sweet.backbones import backbone_spec, check_exit_layers, resolve_pooling, truncation
 from sweet.errors import UserError
 from sweet.io import write_text
-from sweet.model import CONFIG_NAME, ExitOutput, _backbone_inputs, exit_loss_terms
+from sweet.model import (
+    CONFIG_NAME,
+    EarlyExitConfig,
+    EarlyExitModel,
+    ExitOutput,
+    backbone_inputs,
+    exit_loss_terms,
+    load_backbone,
+    pool,
+)
 
 LTE_NAME = "lte_head.safetensors"
 
@@ -31,39 +44,79 @@ def member_dir_name(k: int) -> str:
 
 
 class MemberModel(nn.Module):
-    """One MM member as trained: the stock classifier plus an optional learned-to-exit head on its last [CLS]."""
+    """One MM member as trained: a classifier of depth L_k plus an optional learned-to-exit head.
 
-    def __init__(self, classifier: nn.Module, learned_exit: bool = False) -> None:
+    ``classifier`` is the stock sequence classifier, or a one-exit EarlyExitModel where the stock class cannot
+    pool as asked (that model then holds the learned-to-exit head itself).
+    """
+
+    def __init__(self, classifier: nn.Module, pooling: str = "cls", learned_exit: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
-        hidden = classifier.config.hidden_size
-        self.lte_head = nn.Linear(hidden, 1) if learned_exit else None
+        self.pooling = pooling
+        stock = not isinstance(classifier, EarlyExitModel)
+        self.lte_head = nn.Linear(classifier.config.hidden_size, 1) if learned_exit and stock else None
         if self.lte_head is not None:
             nn.init.normal_(self.lte_head.weight, std=getattr(classifier.config, "initializer_range", 0.02))
             nn.init.zeros_(self.lte_head.bias)
 
     @property
+    def encoder_config(self) -> Any:
+        """The Hugging Face config of the member's (truncated) encoder."""
+        if isinstance(self.classifier, EarlyExitModel):
+            return self.classifier.backbone.config
+        return self.classifier.config
+
+    @property
     def depth(self) -> int:
-        return self.classifier.config.num_hidden_layers
+        return self.encoder_config.num_hidden_layers
 
     @classmethod
     def from_checkpoint(
-        cls, name_or_path: str | Path, num_labels: int, depth: int, learned_exit: bool = False
+        cls,
+        name_or_path: str | Path,
+        num_labels: int,
+        depth: int,
+        learned_exit: bool = False,
+        pooling: str | None = None,
+        pad_token_id: int | None = None,
     ) -> MemberModel:
-        """The checkpoint truncated to its first ``depth`` layers, with a fresh head."""
+        """The checkpoint truncated to its first ``depth`` layers, with a fresh head.
+
+        ``pad_token_id``: the tokenizer's, for a decoder whose config lacks one (its stock classifier finds the last
+        token through it).
+        """
         config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False)
-        backbone_spec(config.model_type)
+        spec = backbone_spec(config.model_type)
+        pooling = resolve_pooling(config.model_type, pooling)
         check_exit_layers([depth], config.num_hidden_layers)
+        if pooling not in spec.stock_poolings:
+            backbone, pretrained_head = load_backbone(name_or_path, **truncation(config, depth))
+            one_exit = EarlyExitConfig([depth], num_labels, "ee", learned_exit=learned_exit, pooling=pooling)
+            return cls(EarlyExitModel(one_exit, backbone, pretrained_head), pooling)
+        overrides = truncation(config, depth)
+        if spec.stock_pooling_option is not None:
+            overrides[spec.stock_pooling_option] = pooling
+        if pooling == "last" and config.pad_token_id is None:
+            if pad_token_id is None:
+                raise UserError(
+                    f"backbone: '{name_or_path}' has no pad_token_id and none was given; its stock classifier finds "
+                    "the last token through it (give the tokenizer's pad token id)"
+                )
+            overrides["pad_token_id"] = pad_token_id
         classifier = AutoModelForSequenceClassification.from_pretrained(
-            str(name_or_path), num_labels=num_labels, num_hidden_layers=depth, trust_remote_code=False
+            str(name_or_path), num_labels=num_labels, trust_remote_code=False, **overrides
         )
-        return cls(classifier, learned_exit)
+        return cls(classifier, pooling, learned_exit)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> MemberModel:
         folder = Path(folder)
+        if (folder / CONFIG_NAME).is_file():
+            exits = EarlyExitModel.from_pretrained(folder)
+            return cls(exits, exits.pooling)
         classifier = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False)
-        model = cls(classifier, learned_exit=(folder / LTE_NAME).is_file())
+        model = cls(classifier, stock_pooling(classifier.config), learned_exit=(folder / LTE_NAME).is_file())
         if model.lte_head is not None:
             model.lte_head.load_state_dict(load_file(folder / LTE_NAME))
         return model
@@ -83,20 +136,31 @@ class MemberModel(nn.Module):
         labels: torch.Tensor | None = None,
         **_: Any,
     ) -> ExitOutput:
+        if isinstance(self.classifier, EarlyExitModel):
+            return self.classifier(input_ids, attention_mask, token_type_ids, labels)
         out = self.classifier(
-            **_backbone_inputs(input_ids, attention_mask, token_type_ids),
+            **backbone_inputs(self.classifier, input_ids, attention_mask, token_type_ids),
             output_hidden_states=self.lte_head is not None,
         )
         exit_logits = out.logits.unsqueeze(0)
         lte = None
         if self.lte_head is not None:
-            cls_hidden = out.hidden_states[-1][:, 0].detach()
-            lte = torch.sigmoid(self.lte_head(cls_hidden)).squeeze(-1).unsqueeze(0)
+            # The last hidden state is the stock one (after the final norm where the architecture has one).
+            pooled = pool(out.hidden_states[-1], attention_mask, self.pooling).detach()
+            lte = torch.sigmoid(self.lte_head(pooled)).squeeze(-1).unsqueeze(0)
         loss = exit_losses = None
         if labels is not None:
             exit_losses = exit_loss_terms(exit_logits, labels, lte)
             loss = exit_losses.sum()
         return ExitOutput(loss=loss, exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte)
+
+
+def stock_pooling(config: Any) -> str:
+    """How the stock sequence classifier with this config pools (what a stock member's learned-to-exit head reads)."""
+    spec = backbone_spec(config.model_type)
+    if spec.stock_pooling_option is not None:
+        return getattr(config, spec.stock_pooling_option)
+    return spec.stock_poolings[0]
 
 
 class MultiModel(nn.Module):
@@ -120,11 +184,13 @@ class MultiModel(nn.Module):
         num_labels: int | None = None,
         exit_layers: list[int] | None = None,
         learned_exit: bool = False,
+        pooling: str | None = None,
+        pad_token_id: int | None = None,
     ) -> MultiModel:
         """A saved MultiModel folder (no other arguments), or a checkpoint and the member depths."""
         folder = Path(name_or_path)
         if (folder / CONFIG_NAME).is_file():
-            if num_labels is not None or exit_layers is not None:
+            if num_labels is not None or exit_layers is not None or pooling is not None:
                 raise UserError(f"{folder}: a saved MultiModel is restored as saved; pass no other arguments")
             config = json.loads((folder / CONFIG_NAME).read_text())
             if config.get("kind") != "multi-model":
@@ -135,7 +201,10 @@ class MultiModel(nn.Module):
             raise UserError(f"{name_or_path}: a backbone checkpoint needs num_labels=… and exit_layers=[…]")
         depth = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False).num_hidden_layers
         check_exit_layers(list(exit_layers), depth)
-        return cls([MemberModel.from_checkpoint(name_or_path, num_labels, d, learned_exit) for d in exit_layers])
+        return cls([
+            MemberModel.from_checkpoint(name_or_path, num_labels, d, learned_exit, pooling, pad_token_id)
+            for d in exit_layers
+        ])
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)

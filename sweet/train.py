@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from sweet.audit import separation_audit
-from sweet.backbones import first_layer_extra
+from sweet.backbones import embedding_module, first_layer_extra
 from sweet.batches import encode
 from sweet.errors import UserError
 from sweet.io import atomic_dir, write_csv, write_json
@@ -191,7 +191,7 @@ def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
             handle.remove()
     exit_losses = []
     for k in range(model.num_exits):
-        logits, lte = model.exit_head(k, hidden_at_exit[k])
+        logits, lte = model.exit_head(k, hidden_at_exit[k], inputs.get("attention_mask"))
         exit_losses.append(exit_loss_terms(logits[None], inputs["labels"], None if lte is None else lte[None])[0])
     blocks = block_parameters(model)
     per_exit: list[list[list[torch.Tensor]]] = []  # [exit][block][parameter]
@@ -227,7 +227,7 @@ def block_parameters(model: EarlyExitModel) -> list[list[nn.Parameter]]:
     for k, layer in enumerate(model.exit_layers):
         params = [p for m in layers[previous:layer] for p in m.parameters()]
         if k == 0:
-            params = list(model.backbone.embeddings.parameters()) + params
+            params = list(embedding_module(model.backbone).parameters()) + params
             extra = first_layer_extra(model.backbone)
             if extra is not None:
                 params += list(extra.parameters())
@@ -255,10 +255,12 @@ def train(
     out: str | Path,
     work_dir: str | Path,
     member: int | None = None,
+    pooling: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
     """Fine-tune on ``rows`` and write the model to ``out``; returns the training record for the metrics file.
 
+    ``pooling``: how every exit (and each MM member) pools the hidden states; None is the architecture's default.
     ``backbone`` is a local folder (a hub id is resolved to its cached snapshot first: ``sweet.hub``). A job killed
     or signalled mid-training resumes from the newest complete checkpoint in ``work_dir`` when rerun; on SIGTERM
     or SIGUSR1 it saves one first and raises ``TrainingInterrupted``.
@@ -272,18 +274,30 @@ def train(
             "folder with its tokenizer files, or a Hugging Face hub id"
         ) from None
     tokenizer.model_max_length = spec.max_length  # saved with the model, so evaluation truncates the same way
+    # Evaluation pads on the right (sweet.batches); training does too, so an example's positions never depend on
+    # its batch (models with absolute positions would shift under left padding, which decoder tokenizers default to).
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"backbone: the tokenizer of '{backbone}' has no pad or end-of-sequence token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token  # decoders often ship without one; pooling reads the mask
     if method == "mm":
         if member is None or not 1 <= member <= len(exit_layers):
             raise UserError(f"--member: MM trains one member at a time; give 1..{len(exit_layers)}")
-        model: nn.Module = MemberModel.from_checkpoint(backbone, num_labels, exit_layers[member - 1], spec.learned_exit)
+        model: nn.Module = MemberModel.from_checkpoint(
+            backbone, num_labels, exit_layers[member - 1], spec.learned_exit, pooling, tokenizer.pad_token_id
+        )
     else:
         if member is not None:
             raise UserError("--member: only MM (--method mm) has members")
         model = EarlyExitModel.from_pretrained(
-            backbone, num_labels=num_labels, exit_layers=exit_layers, method=method,
+            backbone, num_labels=num_labels, exit_layers=exit_layers, method=method, pooling=pooling,
             shared_pooler=spec.shared_pooler, learned_exit=spec.learned_exit,
         )
-    audit = separation_audit(model, vocab_size=len(tokenizer)) if isinstance(model, EarlyExitModel) else None
+    audit = None
+    if isinstance(model, EarlyExitModel):
+        # ids that both the tokenizer produces and the embedding table holds (either may be the larger)
+        audit = separation_audit(model, vocab_size=min(len(tokenizer), model.backbone.config.vocab_size))
 
     features = encode(rows, tokenizer, spec.max_length)
     on_gpu = torch.cuda.is_available()
@@ -342,6 +356,7 @@ def train(
         "method": method,
         "member": member,
         "exit_layers": exit_layers,
+        "pooling": model.pooling,
         "seed": seed,
         "n_train": len(features),
         "training": dataclasses.asdict(spec),

@@ -163,6 +163,28 @@ def test_exit_layers_beyond_local_folder_depth(config: dict, tmp_path: Path) -> 
     assert validate(config, base_dir=ROOT)["mine"].kind == "local"
 
 
+def test_pooling_key(config: dict, tmp_path: Path) -> None:
+    config["models"]["tiny-bert"]["pooling"] = "mean"
+    assert validate(config, base_dir=ROOT)["tiny-bert"].pooling == "mean"
+    del config["models"]["tiny-bert"]["pooling"]
+    assert validate(config, base_dir=ROOT)["tiny-bert"].pooling is None  # the backbone's default
+    config["models"]["tiny-bert"]["pooling"] = "max"
+    refused(config, "models.tiny-bert.pooling", "'max' is not one of cls, mean, last")
+    # a decoder reads its first token before seeing the rest: cls is refused where the model_type is known offline
+    config["models"]["tiny-bert"]["pooling"] = "cls"
+    config["models"]["tiny-bert"]["backbone"]["model_type"] = "qwen2"
+    refused(config, "models.tiny-bert.pooling", "causal decoder 'qwen2'", "use last")
+    folder = tmp_path / "my-qwen"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(
+        {"model_type": "qwen2", "num_hidden_layers": 4, "hidden_size": 32, "intermediate_size": 64}))
+    config["models"]["tiny-bert"]["backbone"]["model_type"] = "bert"
+    config["models"]["mine"] = {"backbone": str(folder), "exit_layers": [1, 4], "pooling": "cls"}
+    refused(config, "models.mine.pooling", "causal decoder")
+    config["models"]["mine"]["pooling"] = "last"
+    assert validate(config, base_dir=ROOT)["mine"].pooling == "last"
+
+
 def test_missing_local_backbone(config: dict, tmp_path: Path) -> None:
     config["models"]["mine"] = {"backbone": str(tmp_path / "nowhere"), "exit_layers": [1, 2]}
     refused(config, "models.mine.backbone", "not found")

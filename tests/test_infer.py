@@ -1,9 +1,12 @@
 """Offline == online: the real early-exit runner agrees exactly with the simulation on stored per-exit logits.
 
 Tiny random EE (BERT, DeBERTa-v2), SWEET (RoBERTa, DeBERTa-v2 with its layer-1 convolution) and MM (BERT)
-models with learned-to-exit heads; the exit classifiers (and learned-to-exit heads) are scaled up so that confidences spread over the threshold grid. For every rule, every threshold of
-the 11-point grid plus random ones, and batch sizes 1, 3 and all, predictions and exit indices must be equal.
-The runner must also really stop: layer (member) forward calls are counted with hooks.
+models with learned-to-exit heads, and every pooling on BERT, ModernBERT (alternating global and sliding-window
+attention) and the Qwen2 decoder, for EE, SWEET and MM (stock members where the stock classifier pools that way,
+one-exit members otherwise); the exit classifiers (and learned-to-exit heads) are scaled up so that confidences
+spread over the threshold grid. For every rule, every threshold of the 11-point grid plus random ones, and batch
+sizes 1, 3 and all, predictions and exit indices must be equal. The runner must also really stop: layer
+(member) forward calls are counted with hooks.
 """
 
 from __future__ import annotations
@@ -16,20 +19,32 @@ from tiny import DEPTH, backbone, pad_id, random_features
 from sweet import EarlyExitModel, MultiModel
 from sweet.evaluate import exit_logits
 from sweet.exits import EXIT_RULES, calibrated_probs, simulate
-from sweet.infer import run_early_exit
+from sweet.infer import _select_rows, run_early_exit
 
 NUM_LABELS = 3
 EXITS = [1, 2, 4]
 N = 11
 TEMPERATURES = np.array([1.5, 0.8, 1.2])
-CASES = [("ee", "bert"), ("ee", "deberta-v2"), ("sweet", "deberta-v2-conv"), ("sweet", "roberta"), ("mm", "bert")]
+# (method, architecture, pooling; None = the architecture's default)
+CASES = [
+    ("ee", "bert", None), ("ee", "deberta-v2", None), ("sweet", "deberta-v2-conv", None), ("sweet", "roberta", None),
+    ("mm", "bert", None), ("ee", "roberta", "mean"), ("mm", "bert", "mean"),
+    ("sweet", "modernbert", None), ("ee", "modernbert", "mean"), ("sweet", "modernbert", "last"),
+    ("mm", "modernbert", "mean"),
+    ("sweet", "qwen2", None), ("ee", "qwen2", "mean"), ("mm", "qwen2", None),
+]
+IDS = [f"{m}-{t}-{p or 'default'}" for m, t, p in CASES]
 
 
 def _scale_heads(model: EarlyExitModel | MultiModel, factor: float = 3.0) -> None:
     with torch.no_grad():
         if isinstance(model, MultiModel):
             for member in model.members:
-                member.classifier.classifier.weight.mul_(factor)
+                if isinstance(member.classifier, EarlyExitModel):  # a one-exit member (pooling the stock class lacks)
+                    _scale_heads(member.classifier, factor)
+                    continue
+                stock = member.classifier
+                (stock.score if hasattr(stock, "score") else stock.classifier).weight.mul_(factor)
                 member.lte_head.weight.mul_(factor)
         else:
             for head in model.heads:
@@ -43,16 +58,17 @@ _BUILT: dict[tuple[str, str], dict] = {}
 
 @pytest.fixture
 def case(request, tmp_path_factory) -> dict:
-    method, model_type = request.param
-    key = (method, model_type)
+    method, model_type, pooling = key = request.param
     if key not in _BUILT:
         folder = backbone(model_type, tmp_path_factory)
         torch.manual_seed(7)
         if method == "mm":
-            model = MultiModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=EXITS, learned_exit=True)
+            model = MultiModel.from_pretrained(
+                folder, num_labels=NUM_LABELS, exit_layers=EXITS, learned_exit=True, pooling=pooling
+            )
         else:
             model = EarlyExitModel.from_pretrained(
-                folder, num_labels=NUM_LABELS, exit_layers=EXITS, method=method, learned_exit=True
+                folder, num_labels=NUM_LABELS, exit_layers=EXITS, method=method, learned_exit=True, pooling=pooling
             )
         model.eval()
         _scale_heads(model)
@@ -95,7 +111,7 @@ def _thresholds(c: dict, rule_name: str) -> list[float]:
     return grid + list(rng.uniform(low, 1.0, size=3)) + splits
 
 
-@pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{m}-{t}" for m, t in CASES])
+@pytest.mark.parametrize("case", CASES, indirect=True, ids=IDS)
 def test_offline_logits_shape_and_inputs(case):
     assert case["logits"].shape == (len(EXITS), N, NUM_LABELS)
     assert case["lte"].shape == (len(EXITS), N)
@@ -104,7 +120,7 @@ def test_offline_logits_shape_and_inputs(case):
     assert len({tuple(p) for p in case["logits"].argmax(axis=-1)}) > 1
 
 
-@pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{m}-{t}" for m, t in CASES])
+@pytest.mark.parametrize("case", CASES, indirect=True, ids=IDS)
 @pytest.mark.parametrize("rule_name", list(EXIT_RULES))
 def test_online_equals_offline(case, rule_name):
     model, features = case["model"], case["features"]
@@ -150,7 +166,7 @@ def _count_rows(model: EarlyExitModel | MultiModel) -> tuple[list[int], list]:
     return rows, handles
 
 
-@pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{m}-{t}" for m, t in CASES])
+@pytest.mark.parametrize("case", CASES, indirect=True, ids=IDS)
 @pytest.mark.parametrize("batch_size", [1, 4, N])
 def test_runner_really_stops(case, batch_size):
     model, features = case["model"], case["features"]
@@ -196,3 +212,19 @@ def test_runner_never_computes_layers_after_the_last_exit(tmp_path_factory):
             h.remove()
     assert exits.tolist() == [1] * 5
     assert rows == [5, 5, 0, 0]
+
+
+def test_select_rows_cuts_every_per_row_tensor_and_nothing_else():
+    """What a layer receives per row (masks, batched positions, rotary cos/sin inside a tuple) loses the rows that
+    have left; broadcast [1, …] tensors, 1-D tensors and non-tensors pass unchanged."""
+    full, seq = 4, 6
+    keep = torch.tensor([0, 2])
+    mask = torch.arange(full * seq * seq).reshape(full, 1, seq, seq)
+    cos, sin = torch.randn(full, seq, 8), torch.randn(full, seq, 8)
+    shared_cos = torch.randn(1, seq, 8)
+    positions = torch.arange(seq)
+    out = _select_rows((mask, (cos, sin), [shared_cos, positions], None, "x"), keep, full)
+    assert torch.equal(out[0], mask[[0, 2]])
+    assert torch.equal(out[1][0], cos[[0, 2]]) and torch.equal(out[1][1], sin[[0, 2]])
+    assert isinstance(out[2], list) and out[2][0] is shared_cos and out[2][1] is positions
+    assert out[3] is None and out[4] == "x"

@@ -1,25 +1,37 @@
-"""EarlyExitModel / MultiModel on tiny random encoders of every supported architecture.
+"""EarlyExitModel / MultiModel on tiny random backbones of every supported architecture, and every pooling.
 
 Exact checks: SWEET's gradient separation (∂loss_k/∂θ is exactly zero for every parameter of earlier blocks),
-EE's sharing, identical forward values, save/load round trips, MM members equal to the truncated checkpoint,
-the separation audit's exact parameter sets, user errors, and that layers after the last exit never run.
+EE's sharing, identical forward values, each exit equal to its head on the stock hidden states (and the last exit
+equal to the stock sequence classifier), save/load round trips, MM members equal to the truncated checkpoint,
+the separation audit's exact parameter sets, the poolings on hand-made hidden states with left and right
+padding, user errors, and that layers after the last exit never run.
 """
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny import ARCHITECTURES, DEPTH, VOCAB, backbone, gpt2_folder, hf_model_type, pad_id, random_batch
-from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from sweet import EarlyExitModel, MultiModel
 from sweet.audit import separation_audit
-from sweet.backbones import BACKBONES
+from sweet.backbones import BACKBONES, encoder_layers, final_norm
 from sweet.errors import UserError
+from sweet.model import CONFIG_NAME, pool
 
 EXITS = [1, 3, 4]
 NUM_LABELS = 3
+# Every architecture with its default pooling, plus the other poolings on a BERT-like encoder, ModernBERT and the
+# decoder (None: the architecture's default, cls for encoders and last for decoders).
+VARIANTS = [(a, None) for a in ARCHITECTURES] + [
+    ("bert", "mean"), ("bert", "last"), ("modernbert", "mean"), ("modernbert", "last"), ("qwen2", "mean"),
+]
+VARIANT_IDS = [f"{a}-{p or 'default'}" for a, p in VARIANTS]
 
 
 def _model(model_type: str, tmp_path_factory, method: str = "ee", exits=EXITS, **options) -> EarlyExitModel:
@@ -44,44 +56,60 @@ def _is_zero(g: torch.Tensor | None) -> bool:
     return g is None or not bool(g.abs().sum() > 0)
 
 
-def _layer_of(name: str) -> int | None:
-    """1-based encoder layer of a backbone parameter name, 0 for the embeddings, None for anything else."""
-    if name.startswith("backbone.embeddings."):
+def _layer_of(name: str, model_type: str = "bert", prefix: str = "backbone.") -> int | None:
+    """1-based layer of a backbone parameter name, 0 for the embeddings, None for anything else (heads, the final
+    norm that only the stock model's last layer feeds)."""
+    spec = BACKBONES[hf_model_type(model_type)]
+    if name.startswith(f"{prefix}{spec.embeddings}."):
         return 0
-    if name.startswith("backbone.encoder.conv."):
+    if spec.after_first_layer and name.startswith(f"{prefix}{spec.after_first_layer}."):
         return 1  # DeBERTa-v2's convolution is applied to layer 1's output: part of "after layer 1"
-    prefix = "backbone.encoder.layer."
-    if name.startswith(prefix):
-        return int(name[len(prefix) :].split(".")[0]) + 1
+    layers = f"{prefix}{spec.layers}."
+    if name.startswith(layers):
+        return int(name[len(layers) :].split(".")[0]) + 1
     return None
+
+
+def _word_embeddings(model: EarlyExitModel) -> str:
+    """Name of the token-embedding matrix in ``model.named_parameters()``."""
+    weight = model.backbone.get_input_embeddings().weight
+    return next(n for n, p in model.named_parameters() if p is weight)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # gradients
-@pytest.mark.parametrize("model_type", ARCHITECTURES)
-def test_sweet_separation_is_exact(model_type, tmp_path_factory):
-    model = _model(model_type, tmp_path_factory, "sweet")
+@pytest.mark.parametrize(("model_type", "pooling"), VARIANTS, ids=VARIANT_IDS)
+def test_sweet_separation_is_exact(model_type, pooling, tmp_path_factory):
+    model = _model(model_type, tmp_path_factory, "sweet", pooling=pooling)
     out = model(**_batch(model_type))
     bounds = [0, *EXITS]
+    layer_of = {n: _layer_of(n, model_type) for n, _ in model.named_parameters()}
     for k in range(len(EXITS)):
         grads = _grads(model, out.exit_losses[k])
         # earlier blocks: the embeddings (part of block 1) and layers 1..exit_layers[k-1]
-        earlier = {n: g for n, g in grads.items() if k > 0 and _layer_of(n) is not None and _layer_of(n) <= bounds[k]}
+        earlier = {n: g for n, g in grads.items() if k > 0 and layer_of[n] is not None and layer_of[n] <= bounds[k]}
         if k > 0:
-            assert any(n.startswith("backbone.embeddings.") for n in earlier)
-            assert any(_layer_of(n) == bounds[k] for n in earlier)
+            assert any(layer_of[n] == 0 for n in earlier)
+            assert any(layer_of[n] == bounds[k] for n in earlier)
         reached = sorted(n for n, g in earlier.items() if not _is_zero(g))
         assert reached == [], f"exit {k + 1} reaches earlier blocks: {reached}"
         # its own block: every layer between the previous exit and this one gets gradient
         own_layers = range(bounds[k] + 1, bounds[k + 1] + 1)
         for layer in own_layers:
-            total = sum(g.abs().sum() for n, g in grads.items() if _layer_of(n) == layer and g is not None)
+            total = sum(g.abs().sum() for n, g in grads.items() if layer_of[n] == layer and g is not None)
             assert total > 0, f"exit {k + 1} does not train its own layer {layer}"
         if k == 0:
-            assert not _is_zero(grads["backbone.embeddings.word_embeddings.weight"])
+            assert not _is_zero(grads[_word_embeddings(model)])
         # later blocks are not reached either (they are not on the path to exit k)
-        later = [n for n, g in grads.items() if (_layer_of(n) or 0) > bounds[k + 1] and not _is_zero(g)]
+        later = [n for n, g in grads.items() if (layer_of[n] or 0) > bounds[k + 1] and not _is_zero(g)]
         assert later == []
+        # nor any other exit's head (its norm copy included), nor the backbone's own final norm; outside the layers
+        # only what every layer reads by construction (DeBERTa's relative embeddings, the audit's list)
+        heads = [n for n, g in grads.items() if n.startswith("heads.") and not _is_zero(g)]
+        assert heads and all(n.startswith(f"heads.{k}.") for n in heads)
+        declared = tuple(f"backbone.{m}." for m in BACKBONES[hf_model_type(model_type)].shared_across_layers)
+        others = [n for n, g in grads.items() if layer_of[n] is None and n.startswith("backbone.") and not _is_zero(g)]
+        assert [n for n in others if not n.startswith(declared)] == []
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
@@ -90,15 +118,15 @@ def test_ee_later_exits_reach_the_first_block(model_type, tmp_path_factory):
     out = model(**_batch(model_type))
     for k in (1, 2):
         grads = _grads(model, out.exit_losses[k])
-        assert not _is_zero(grads["backbone.embeddings.word_embeddings.weight"])
-        layer1 = sum(g.abs().sum() for n, g in grads.items() if _layer_of(n) == 1 and g is not None)
+        assert not _is_zero(grads[_word_embeddings(model)])
+        layer1 = sum(g.abs().sum() for n, g in grads.items() if _layer_of(n, model_type) == 1 and g is not None)
         assert layer1 > 0
 
 
-@pytest.mark.parametrize("model_type", ARCHITECTURES)
-def test_ee_and_sweet_forward_values_identical(model_type, tmp_path_factory):
-    ee = _model(model_type, tmp_path_factory, "ee", learned_exit=True)
-    sweet = _model(model_type, tmp_path_factory, "sweet", learned_exit=True)
+@pytest.mark.parametrize(("model_type", "pooling"), VARIANTS, ids=VARIANT_IDS)
+def test_ee_and_sweet_forward_values_identical(model_type, pooling, tmp_path_factory):
+    ee = _model(model_type, tmp_path_factory, "ee", learned_exit=True, pooling=pooling)
+    sweet = _model(model_type, tmp_path_factory, "sweet", learned_exit=True, pooling=pooling)
     sweet.load_state_dict(ee.state_dict())
     batch = _batch(model_type)
     a, b = ee(**batch), sweet(**batch)
@@ -111,20 +139,85 @@ def test_ee_and_sweet_forward_values_identical(model_type, tmp_path_factory):
     assert not torch.equal(a.exit_logits[0], a.exit_logits[-1])
 
 
-@pytest.mark.parametrize("model_type", ARCHITECTURES)
-def test_exits_read_the_stock_hidden_states(model_type, tmp_path_factory):
-    """Exit k classifies exactly what the stock encoder reports as the hidden state after layer L_k."""
-    model = _model(model_type, tmp_path_factory, "sweet")
+@pytest.mark.parametrize(("model_type", "pooling"), VARIANTS, ids=VARIANT_IDS)
+def test_exits_read_the_stock_hidden_states(model_type, pooling, tmp_path_factory):
+    """Exit k classifies exactly what the stock backbone reports as the hidden state after layer L_k.
+
+    Where the architecture has a final norm (ModernBERT, decoders), the stock ``hidden_states[L]`` of the last
+    layer is already normalised while earlier ones are not, and every exit normalises with its own copy of that
+    norm (equal to the pretrained one before training): so exit k equals its head on the raw state for L_k < L, and
+    its head without the norm on the stock ``last_hidden_state`` for L_k = L.
+    """
+    model = _model(model_type, tmp_path_factory, "sweet", pooling=pooling)
     batch = _batch(model_type)
+    mask = batch["attention_mask"]
     out = model(**batch)
-    stock = model.backbone(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
-    ).hidden_states
+    stock = model.backbone(input_ids=batch["input_ids"], attention_mask=mask, output_hidden_states=True)
+    norm = final_norm(model.backbone)  # None for BERT-like encoders
     for k, layer in enumerate(EXITS):
-        expected, _ = model.exit_head(k, stock[layer])
+        if layer < DEPTH or norm is None:
+            expected, _ = model.exit_head(k, stock.hidden_states[layer], mask)
+        else:
+            head = model.heads[k]
+            assert all(torch.equal(a, b) for a, b in zip(head.norm.state_dict().values(), norm.state_dict().values()))
+            expected = head(pool(stock.last_hidden_state, mask, model.pooling))
         torch.testing.assert_close(out.exit_logits[k], expected, rtol=0, atol=1e-6)
     if model_type == "deberta-v2-conv":
         assert model.exit_modules[0] is model.backbone.encoder.conv
+    if norm is not None:
+        # each exit normalises with its own copy: not the backbone's module, not another exit's
+        norms = [p for head in model.heads for p in head.norm.parameters()]
+        assert len({id(p) for p in norms}) == len(norms) and not {id(p) for p in norm.parameters()} & {id(p) for p in norms}
+
+
+def _stock_classifier(model_type: str, folder, pooling: str):
+    options = {"classifier_pooling": pooling} if model_type == "modernbert" else {}
+    return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=NUM_LABELS, **options).eval()
+
+
+@pytest.mark.parametrize(("model_type", "pooling"), [("bert", "cls"), ("modernbert", "cls"), ("modernbert", "mean"), ("qwen2", "last")])
+def test_last_exit_is_the_stock_classifier(model_type, pooling, tmp_path_factory):
+    """With the stock classifier's head weights, the exit after the last layer computes the stock classifier: the
+    exit heads have the stock shape (pooler, activation, norm, dropout, classifier), so EE/SWEET exits and MM's
+    stock members are the same kind of classifier."""
+    folder = backbone(model_type, tmp_path_factory)
+    torch.manual_seed(4)
+    stock = _stock_classifier(model_type, folder, pooling)
+    model = EarlyExitModel(
+        EarlyExitModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=EXITS, pooling=pooling).config,
+        stock.base_model,
+    ).eval()
+    head = model.heads[-1]
+    with torch.no_grad():
+        if model_type == "bert":
+            head.pooler.load_state_dict(stock.bert.pooler.dense.state_dict())
+            head.classifier.load_state_dict(stock.classifier.state_dict())
+        elif model_type == "modernbert":
+            head.norm.load_state_dict(stock.model.final_norm.state_dict())
+            head.pooler.load_state_dict(stock.head.state_dict())
+            head.classifier.load_state_dict(stock.classifier.state_dict())
+        else:
+            head.norm.load_state_dict(stock.model.norm.state_dict())
+            head.classifier.load_state_dict(stock.score.state_dict())
+    batch = _batch(model_type, n=5, seed=9)
+    expected = stock(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(model(**batch).exit_logits[-1], expected, rtol=0, atol=1e-6)
+
+
+def test_modernbert_exits_start_from_the_pretrained_head(tmp_path_factory):
+    """ModernBERT ships as a masked-LM checkpoint whose prediction head its stock classifier reuses; every exit's
+    head (and a shared one) starts from it too, while the classifier layers are new."""
+    folder = backbone("modernbert", tmp_path_factory)
+    pretrained = {k[len("head."):]: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith("head.")}
+    assert pretrained  # the checkpoint really has one
+    for options in ({}, {"shared_pooler": True}):
+        model = _model("modernbert", tmp_path_factory, **options)
+        poolers = [model.shared_pooler] if options else [h.pooler for h in model.heads]
+        for pooler in poolers:
+            assert pooler.state_dict().keys() == pretrained.keys()
+            assert all(torch.equal(pooler.state_dict()[k], v) for k, v in pretrained.items())
+    member = MultiModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=[2]).members[0].classifier
+    assert all(torch.equal(member.head.state_dict()[k], v) for k, v in pretrained.items())
 
 
 def test_loss_is_unweighted_sum_of_cross_entropies(tmp_path_factory):
@@ -139,10 +232,11 @@ def test_loss_is_unweighted_sum_of_cross_entropies(tmp_path_factory):
 
 # ----------------------------------------------------------------------------------------------------------------
 # save / load
-def _perturb_backbone(model: EarlyExitModel) -> None:
-    """Stand-in for fine-tuning: the saved backbone must be the modified one, not the original checkpoint."""
+def _perturb(model: EarlyExitModel) -> None:
+    """Stand-in for fine-tuning: the saved backbone (and each exit's norm copy) must be the modified one, not the
+    original checkpoint."""
     with torch.no_grad():
-        for p in model.backbone.parameters():
+        for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
 
 
@@ -157,11 +251,16 @@ def _perturb_backbone(model: EarlyExitModel) -> None:
         ("deberta-v2", "sweet", {"learned_exit": True}),
         ("roberta", "ee", {"shared_pooler": True}),
         ("deberta", "ee", {}),
+        ("bert", "sweet", {"pooling": "mean"}),
+        ("modernbert", "sweet", {"pooling": "mean", "learned_exit": True}),
+        ("modernbert", "ee", {"shared_pooler": True}),
+        ("qwen2", "sweet", {"learned_exit": True}),
+        ("qwen2", "ee", {"pooling": "mean"}),
     ],
 )
 def test_save_load_restores_identical_logits(model_type, method, options, tmp_path_factory, tmp_path):
     model = _model(model_type, tmp_path_factory, method, **options)
-    _perturb_backbone(model)
+    _perturb(model)
     batch = _batch(model_type, seed=3)
     before = model(**batch)
     model.save_pretrained(tmp_path / "saved")
@@ -169,6 +268,8 @@ def test_save_load_restores_identical_logits(model_type, method, options, tmp_pa
     after = restored(**batch)
     assert restored.config == model.config
     assert restored.exit_layers == EXITS
+    saved = json.loads((tmp_path / "saved" / CONFIG_NAME).read_text())
+    assert saved["pooling"] == options.get("pooling", "last" if model_type == "qwen2" else "cls")  # always explicit
     assert torch.equal(before.exit_logits, after.exit_logits)
     if options.get("learned_exit"):
         assert torch.equal(before.lte_scores, after.lte_scores)
@@ -183,6 +284,33 @@ def test_save_load_restores_identical_logits(model_type, method, options, tmp_pa
     assert type(stock) is type(model.backbone)
     for name, value in stock.state_dict().items():
         assert torch.equal(value, model.backbone.state_dict()[name]), name
+
+
+def test_folder_saved_before_pooling_loads_as_cls(tmp_path_factory, tmp_path):
+    model = _model("bert", tmp_path_factory, "sweet", learned_exit=True)
+    batch = _batch("bert", seed=2)
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / CONFIG_NAME).read_text())
+    del config["pooling"]
+    (tmp_path / "old" / CONFIG_NAME).write_text(json.dumps(config))
+    restored = EarlyExitModel.from_pretrained(tmp_path / "old").eval()
+    assert restored.pooling == "cls"
+    assert torch.equal(restored(**batch).exit_logits, model(**batch).exit_logits)
+
+
+def test_default_pooling_follows_the_architecture_and_decoders_refuse_cls(tmp_path_factory):
+    assert _model("bert", tmp_path_factory).pooling == "cls"  # the paper's
+    assert _model("modernbert", tmp_path_factory).pooling == "cls"
+    assert _model("qwen2", tmp_path_factory).pooling == "last"
+    folder = backbone("qwen2", tmp_path_factory)
+    with pytest.raises(UserError, match="pooling: 'cls' .*causal decoder 'qwen2'.*use last"):
+        EarlyExitModel.from_pretrained(folder, num_labels=2, exit_layers=[1], pooling="cls")
+    with pytest.raises(UserError, match="pooling: 'cls'"):
+        MultiModel.from_pretrained(folder, num_labels=2, exit_layers=[1], pooling="cls")
+    with pytest.raises(UserError, match="pooling: 'max' is not a pooling"):
+        EarlyExitModel.from_pretrained(backbone("bert", tmp_path_factory), num_labels=2, exit_layers=[1], pooling="max")
+    with pytest.raises(UserError, match="shared_pooler: qwen2"):
+        EarlyExitModel.from_pretrained(folder, num_labels=2, exit_layers=[1], shared_pooler=True)
 
 
 def test_saved_model_refuses_extra_arguments(tmp_path_factory, tmp_path):
@@ -206,7 +334,66 @@ def test_shared_pooler_is_one_module(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# pooling, on hand-made hidden states
+# hidden[b, t] = (10·b + t, -(10·b + t)); three rows of lengths 5, 3 and 1 in a sequence of 5.
+_HIDDEN = torch.tensor([[[10.0 * b + t, -(10.0 * b + t)] for t in range(5)] for b in range(3)])
+_RIGHT = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+_LEFT = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    ("mask", "expected"),
+    [
+        (_RIGHT, {"cls": [0, 10, 20], "last": [4, 12, 20], "mean": [2, 11, 20]}),
+        (_LEFT, {"cls": [0, 12, 24], "last": [4, 14, 24], "mean": [2, 13, 24]}),
+        (None, {"cls": [0, 10, 20], "last": [4, 14, 24], "mean": [2, 12, 22]}),
+    ],
+    ids=["right-padded", "left-padded", "no-mask"],
+)
+def test_pooling_reads_only_real_tokens(mask, expected):
+    for pooling, values in expected.items():
+        want = torch.tensor([[v, -v] for v in values], dtype=torch.float32)
+        assert torch.equal(pool(_HIDDEN, mask, pooling), want), pooling
+    # padding positions may hold anything: the result does not move
+    if mask is not None:
+        noisy = torch.where(mask.bool().unsqueeze(-1), _HIDDEN, torch.full_like(_HIDDEN, 1e6))
+        for pooling in expected:
+            assert torch.equal(pool(noisy, mask, pooling), pool(_HIDDEN, mask, pooling)), pooling
+
+
+def test_exit_norm_is_applied_before_a_mean_and_to_the_picked_token_otherwise(tmp_path_factory):
+    """A per-token norm commutes with picking one token, not with a mean: the exit normalises every token before
+    averaging (as ModernBERT's stock mean pooling does) and only the picked token otherwise."""
+    mask = _RIGHT
+    hidden = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(0))
+    for pooling in ("cls", "last", "mean"):
+        head = _model("modernbert", tmp_path_factory, pooling=pooling).heads[0]
+        with torch.no_grad():
+            head.norm.weight.mul_(torch.linspace(0.5, 2.0, 32))
+        expected = pool(head.norm(hidden), mask, pooling)
+        torch.testing.assert_close(head.pool(hidden, mask), expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(head.norm(pool(hidden, mask, "mean")), expected, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # MultiModel
+def _assert_truncated_copy(base: torch.nn.Module, reference: dict, model_type: str, depth: int) -> None:
+    """``base`` holds exactly the checkpoint's embeddings and first ``depth`` layers (and no deeper layer)."""
+    assert len(encoder_layers(base)) == depth
+    state = base.state_dict()
+    compared = 0
+    for name, value in reference.items():
+        layer = _layer_of(name, model_type, prefix="")
+        if name.startswith("pooler."):
+            continue  # the classifier's pooler is part of its head
+        if layer is not None and layer > depth:
+            assert name not in state
+            continue
+        assert torch.equal(state[name], value), name
+        compared += 1
+    assert compared > 0
+
+
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_multimodel_members_are_truncated_stock_classifiers(model_type, tmp_path_factory):
     folder = backbone(model_type, tmp_path_factory)
@@ -218,41 +405,73 @@ def test_multimodel_members_are_truncated_stock_classifiers(model_type, tmp_path
         assert type(clf) is MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(clf.config)]
         assert clf.config.num_hidden_layers == depth
         assert clf.config.num_labels == NUM_LABELS
-        assert len(clf.base_model.encoder.layer) == depth
-        base = clf.base_model.state_dict()
-        compared = 0
-        for name, value in reference.items():
-            layer = _layer_of("backbone." + name)
-            if name.startswith("pooler."):
-                continue  # the classifier's pooler is part of its head
-            if layer is not None and layer > depth:
-                assert name not in base
-                continue
-            assert torch.equal(base[name], value), name
-            compared += 1
-        assert compared > 0
-        assert not any(f"encoder.layer.{depth}." in n for n in base)
+        assert member.pooling == ("last" if model_type == "qwen2" else "cls")
+        _assert_truncated_copy(clf.base_model, reference, model_type, depth)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "deberta-v2"])
-def test_multimodel_save_load_exact(model_type, tmp_path_factory, tmp_path):
+@pytest.mark.parametrize(("model_type", "pooling"), [("bert", "mean"), ("modernbert", "last"), ("qwen2", "mean")])
+def test_multimodel_members_pool_like_ee_where_the_stock_class_cannot(model_type, pooling, tmp_path_factory):
+    """A pooling the stock classifier lacks: the member is the truncated stock encoder plus one exit head of EE's
+    shape, i.e. a one-exit EarlyExitModel whose exit is its last layer."""
+    folder = backbone(model_type, tmp_path_factory)
+    mm = MultiModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=[2, 4], pooling=pooling).eval()
+    reference = AutoModel.from_pretrained(folder).state_dict()
+    batch = _batch(model_type)
+    for member, depth in zip(mm.members, [2, 4]):
+        exits = member.classifier
+        assert isinstance(exits, EarlyExitModel) and member.pooling == exits.pooling == pooling
+        assert exits.exit_layers == [depth] and exits.backbone.config.num_hidden_layers == depth
+        assert type(exits.backbone) is type(AutoModel.from_config(AutoConfig.from_pretrained(folder)))
+        _assert_truncated_copy(exits.backbone, reference, model_type, depth)
+        # the member's logits are its exit head on the truncated stock encoder's output (which is normalised where
+        # the architecture has a final norm: the head's own copy of it is still the pretrained one here)
+        head = exits.heads[0]
+        hidden = exits.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        expected = head(pool(hidden, batch["attention_mask"], pooling) if head.norm else head.pool(hidden, batch["attention_mask"]))
+        torch.testing.assert_close(member(**batch).exit_logits[0], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("model_type", "pooling"), [("bert", None), ("deberta-v2", None), ("modernbert", "mean"), ("qwen2", None), ("bert", "mean")])
+def test_multimodel_save_load_exact(model_type, pooling, tmp_path_factory, tmp_path):
     folder = backbone(model_type, tmp_path_factory)
     torch.manual_seed(0)
-    mm = MultiModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=[2, 4], learned_exit=True).eval()
+    mm = MultiModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=[2, 4], learned_exit=True, pooling=pooling)
+    mm.eval()
     batch = _batch(model_type, seed=5)
     before = mm(**batch)
     assert before.exit_logits.shape == (2, 4, NUM_LABELS)
     assert before.loss is not None and torch.equal(before.loss, before.exit_losses.sum())
     mm.save_pretrained(tmp_path / "mm")
-    assert (tmp_path / "mm" / "member_1" / "config.json").is_file()
+    assert (tmp_path / "mm" / "member_1" / "config.json").is_file() != (pooling == "mean" and model_type == "bert")
     restored = MultiModel.from_pretrained(tmp_path / "mm").eval()
     after = restored(**batch)
     assert restored.exit_layers == [2, 4]
+    assert [m.pooling for m in restored.members] == [m.pooling for m in mm.members]
     assert torch.equal(before.exit_logits, after.exit_logits)
     assert torch.equal(before.lte_scores, after.lte_scores)
-    # each member folder is a stock HF classifier on its own
-    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "mm" / "member_2").eval()
+    member_2 = tmp_path / "mm" / "member_2"
+    if (member_2 / CONFIG_NAME).is_file():
+        # a pooled member: a stock encoder folder of the truncated depth plus the exit head
+        assert AutoModel.from_pretrained(member_2 / "backbone").config.num_hidden_layers == 4
+        return
+    # each stock member folder is a stock HF classifier on its own
+    stock = AutoModelForSequenceClassification.from_pretrained(member_2).eval()
     assert torch.equal(stock(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, after.exit_logits[1])
+
+
+def test_decoder_member_needs_a_pad_token_id(tmp_path):
+    """The stock decoder classifier finds the last token through ``pad_token_id``: a config without one takes the
+    tokenizer's, and none at all is a user error."""
+    from tiny import build_backbone
+
+    folder = build_backbone("qwen2", tmp_path / "qwen2")
+    config = json.loads((folder / "config.json").read_text())
+    config["pad_token_id"] = None
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="pad_token_id"):
+        MultiModel.from_pretrained(folder, num_labels=2, exit_layers=[2])
+    mm = MultiModel.from_pretrained(folder, num_labels=2, exit_layers=[2], pad_token_id=0)
+    assert mm.members[0].classifier.config.pad_token_id == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,12 +480,19 @@ def _audit(model_type, tmp_path_factory, method, **options) -> dict:
     return separation_audit(_model(model_type, tmp_path_factory, method, **options), VOCAB)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra"])
-def test_audit_sweet_per_exit_heads_shares_nothing(model_type, tmp_path_factory):
-    report = _audit(model_type, tmp_path_factory, "sweet")
+@pytest.mark.parametrize(
+    ("model_type", "pooling"),
+    [("bert", None), ("roberta", None), ("electra", None), ("bert", "mean"), ("modernbert", None),
+     ("modernbert", "mean"), ("qwen2", None), ("qwen2", "mean")],
+)
+def test_audit_sweet_per_exit_heads_shares_nothing(model_type, pooling, tmp_path_factory):
+    """Nothing is shared by construction in these architectures: ModernBERT's and Qwen2's final norm is copied
+    into every exit (so it is no shared parameter), their rotary tables are buffers."""
+    report = _audit(model_type, tmp_path_factory, "sweet", pooling=pooling)
     assert report["shared"] == {}
     assert report["n_parameters_shared"] == 0
     assert report["method"] == "sweet" and report["exit_layers"] == EXITS
+    assert report["pooling"] == pooling or (pooling is None and report["pooling"] in ("cls", "last"))
 
 
 def test_audit_sweet_shared_pooler_is_exactly_the_pooler(tmp_path_factory):
@@ -275,6 +501,9 @@ def test_audit_sweet_shared_pooler_is_exactly_the_pooler(tmp_path_factory):
     assert report["shared_pooler"] is True
     report = _audit("electra", tmp_path_factory, "sweet", shared_pooler=True)  # no pretrained pooler: a new one
     assert report["shared"] == {"shared_pooler.weight": [1, 2, 3], "shared_pooler.bias": [1, 2, 3]}
+    # ModernBERT's pooler is its prediction head (no biases in this config), shared, outside the backbone
+    report = _audit("modernbert", tmp_path_factory, "sweet", shared_pooler=True)
+    assert report["shared"] == {"shared_pooler.dense.weight": [1, 2, 3], "shared_pooler.norm.weight": [1, 2, 3]}
 
 
 @pytest.mark.parametrize(
@@ -300,14 +529,20 @@ def test_audit_sweet_deberta_shares_relative_embeddings(model_type, expected, tm
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_audit_ee_shares_the_backbone(model_type, tmp_path_factory):
-    report = _audit(model_type, tmp_path_factory, "ee")
+    model = _model(model_type, tmp_path_factory, "ee")
+    report = separation_audit(model, VOCAB)
     shared = report["shared"]
-    assert report["n_parameters_shared"] == len(shared) > 30
-    assert shared["backbone.embeddings.word_embeddings.weight"] == [1, 2, 3]
-    assert any(_layer_of(n) == 1 for n in shared)
-    assert any(_layer_of(n) == 3 and exits == [2, 3] for n, exits in shared.items())
-    assert not any(_layer_of(n) == 4 for n in shared)  # only the last exit reads layer 4
+    layer_of = {n: _layer_of(n, model_type) for n in shared}
+    assert report["n_parameters_shared"] == len(shared) > 15
+    assert shared[_word_embeddings(model)] == [1, 2, 3]
+    assert any(layer == 1 for layer in layer_of.values())
+    assert any(layer_of[n] == 3 and exits == [2, 3] for n, exits in shared.items())
+    assert not any(layer == 4 for layer in layer_of.values())  # only the last exit reads layer 4
     assert not any(n.startswith("heads.") for n in shared)
+    # every parameter of layers 1..3 and of the embeddings is shared
+    layers = {n: _layer_of(n, model_type) for n, _ in model.named_parameters()}
+    expected = {n for n, layer in layers.items() if layer is not None and layer <= 3}
+    assert expected <= set(shared), sorted(expected - set(shared))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,7 +578,7 @@ def test_missing_backbone_and_bad_options_are_user_errors(tmp_path, tmp_path_fac
 
 # ----------------------------------------------------------------------------------------------------------------
 # layers after the last exit are never computed
-@pytest.mark.parametrize("model_type", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("model_type", ["bert", "deberta-v2", "modernbert", "qwen2"])
 @pytest.mark.parametrize("method", ["ee", "sweet"])
 def test_layers_after_last_exit_not_computed(model_type, method, tmp_path_factory):
     model = _model(model_type, tmp_path_factory, method, exits=[1, 2])
@@ -367,13 +602,21 @@ def test_layers_after_last_exit_not_computed(model_type, method, tmp_path_factor
     out.loss.backward()  # the abandoned forward pass leaves a usable graph
 
 
-def test_gradient_conflict_probe_matches_a_direct_computation(tmp_path_factory):
+@pytest.mark.parametrize(("model_type", "pooling"), [("bert", None), ("qwen2", "mean")])
+def test_gradient_conflict_probe_matches_a_direct_computation(model_type, pooling, tmp_path_factory):
     """The probe's cosines equal cosines of concatenated per-block gradients computed from scratch, and the
     probe leaves the RNG (hence the training run) untouched."""
     from sweet.train import block_parameters, gradient_conflict
 
-    model = _model("bert", tmp_path_factory, method="ee").eval()
-    batch = _batch("bert")
+    model = _model(model_type, tmp_path_factory, method="ee", pooling=pooling).eval()
+    batch = _batch(model_type)
+    blocks = block_parameters(model)
+    # the blocks hold exactly the embeddings and layers 1..L_last, each parameter once
+    in_blocks = {id(p) for block in blocks for p in block}
+    names = {n for n, p in model.named_parameters() if id(p) in in_blocks}
+    layers = {n: _layer_of(n, model_type) for n, _ in model.named_parameters()}
+    assert names == {n for n, layer in layers.items() if layer is not None and layer <= EXITS[-1]}
+    assert sum(len(b) for b in blocks) == len(in_blocks)
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
     rows = gradient_conflict(model, batch, step=7)

@@ -1,10 +1,16 @@
 """Tiny randomly initialised backbones, built offline, for the model / inference tests.
 
-Every supported architecture gets a 4-layer, hidden-32 encoder saved as a stock Hugging Face folder (config +
+Every supported architecture gets a 4-layer, hidden-32 backbone saved as a stock Hugging Face folder (config +
 safetensors, no tokenizer), the way a downloaded checkpoint would look. DeBERTa(-v2) use relative attention with
 both c2p and p2c terms and (v2) a few log-buckets and the v3-style LayerNorm on the relative embeddings, so the
 parameters shared by every layer really exist. ``deberta-v2-conv`` is DeBERTa-v2 with the convolution the
 encoder applies to layer 1's output (``conv_kernel_size`` > 0, as in deberta-v2-xlarge).
+
+ModernBERT alternates global and sliding-window attention every other layer with a window (±2 tokens) shorter
+than the test sequences, so both masks matter; it is saved as a masked-LM checkpoint, as ModernBERT ships, so
+the pretrained prediction head that its stock classifier (and every exit) starts from exists. Qwen2 is a causal
+decoder with grouped-query attention (4 query heads, 2 key/value heads) and its key/value cache on by default,
+as in released checkpoints.
 """
 
 from __future__ import annotations
@@ -13,14 +19,15 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 # Tiny models: one thread is fastest and does not fight other processes for the cores.
 torch.set_num_threads(1)
 
-ARCHITECTURES = ("bert", "roberta", "electra", "deberta", "deberta-v2", "deberta-v2-conv")
+ARCHITECTURES = ("bert", "roberta", "electra", "deberta", "deberta-v2", "deberta-v2-conv", "modernbert", "qwen2")
+DECODERS = ("qwen2",)
 VOCAB = 100
 DEPTH = 4
 HIDDEN = 32
@@ -61,6 +68,12 @@ _EXTRA: dict[str, dict] = {
 
 
 _EXTRA["deberta-v2-conv"] = {**_EXTRA["deberta-v2"], "conv_kernel_size": 3}
+_EXTRA["modernbert"] = {
+    "local_attention": 4,  # sliding layers see ±2 tokens
+    "global_attn_every_n_layers": 2,  # layer types: global, sliding, global, sliding
+    "bos_token_id": 3, "cls_token_id": 3, "eos_token_id": 2, "sep_token_id": 2,
+}
+_EXTRA["qwen2"] = {"num_key_value_heads": 2, "bos_token_id": None, "eos_token_id": 2}
 
 
 def hf_model_type(name: str) -> str:
@@ -73,10 +86,11 @@ def pad_id(model_type: str) -> int:
 
 
 def build_backbone(model_type: str, folder: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random encoder (a name of ``ARCHITECTURES``) to ``folder`` (stock HF layout); return it."""
+    """Save a tiny random backbone (a name of ``ARCHITECTURES``) to ``folder`` (stock HF layout); return it."""
     config = AutoConfig.for_model(hf_model_type(model_type), **{**_COMMON, **_EXTRA[model_type]})
     torch.manual_seed(seed)
-    AutoModel.from_config(config).save_pretrained(folder)
+    stock = AutoModelForMaskedLM if model_type == "modernbert" else AutoModel
+    stock.from_config(config).save_pretrained(folder)
     return Path(folder)
 
 

@@ -106,6 +106,12 @@ def exit_layers_arg(wildcards):
     return ",".join(str(k) for k in model_of(wildcards).exit_layers)
 
 
+def pooling_arg(wildcards):
+    """`--pooling P` where the model sets `pooling:`, else nothing (the backbone's default: cls, or last for decoders)."""
+    pooling = model_of(wildcards).pooling
+    return f"--pooling {pooling}" if pooling else ""
+
+
 def model_inputs(wildcards):
     """The trained model a run's calibration and evaluation read: one folder, or MM's members + config."""
     run = run_of(wildcards)

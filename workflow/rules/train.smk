@@ -45,6 +45,7 @@ rule train:
         backbone=backbone_arg,
         hub_cache=HUB_CACHE,
         exits=exit_layers_arg,
+        pooling=pooling_arg,
         spec=train_spec,
         meta=meta_args,
         work_dir=checkpoint_dir,
@@ -65,7 +66,7 @@ rule train:
     shell:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
         " --backbone {params.backbone:q} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
-        " --method {wildcards.method} --seed {wildcards.seed} --train-spec {params.spec:q}"
+        " {params.pooling} --method {wildcards.method} --seed {wildcards.seed} --train-spec {params.spec:q}"
         " --out {output.model} --metrics {output.metrics} --gradient-conflict-out {output.conflict}"
         " --meta {params.meta} --work-dir {params.work_dir:q} > {log} 2>&1"
 
@@ -85,6 +86,7 @@ rule train_member:
         backbone=backbone_arg,
         hub_cache=HUB_CACHE,
         exits=exit_layers_arg,
+        pooling=pooling_arg,
         spec=train_spec,
         work_dir=checkpoint_dir,
         offline=OFFLINE,
@@ -104,7 +106,7 @@ rule train_member:
     shell:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
         " --backbone {params.backbone:q} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
-        " --method mm --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
+        " {params.pooling} --method mm --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
         " --out {output.model} --metrics {output.metrics} --work-dir {params.work_dir:q} > {log} 2>&1"
 
 
