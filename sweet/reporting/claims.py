@@ -94,8 +94,9 @@ def _exit_measure(early_only: bool) -> MeasureFn:
 def _auc_measure(region: str) -> MeasureFn:
     def measure(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSettings) -> pd.DataFrame:
         rule = curves[curves["strategy"].isin([settings.exit_rule])] if not curves.empty else curves
-        bounds = {"fast": (settings.fast_speedup, None), "slow": (None, settings.slow_speedup)}.get(region, (None, None))
-        per_run = auc_per_seed(rule, *bounds)
+        lowest = settings.fast_speedup if region == "fast" else None
+        highest = settings.slow_speedup if region == "slow" else None
+        per_run = auc_per_seed(rule, lowest, highest)
         if per_run.empty:
             return empty_frame(MEASURE_COLUMNS)
         return per_run.rename(columns={"auc": "value"})[MEASURE_COLUMNS]
@@ -172,22 +173,21 @@ def _setting_rows(claim: Claim, per_run: pd.DataFrame, scale: float, settings: C
         estimate, low, high, n = t_interval(diffs.to_numpy(), settings.level)
         lo, hi = setting["speedup_min"].iloc[0], setting["speedup_max"].iloc[0]
         if n == 0:
-            why = _no_estimate(claim, lo, hi, settings)
+            why = _no_estimate(claim, settings)
         elif n == 1:
             why = "inconclusive (1 seed)"
         else:
             why = verdict(claim, low, high, settings)
         rows.append({**_base_row(claim, settings), "scope": "setting", **dict(zip(GROUP_KEYS, key)),
-                     "speedup_min": lo, "speedup_max": hi, "estimate": estimate, "ci_low": low, "ci_high": high, "n": n,
-                     "n_of": "seeds", "verdict": why})
+                     "speedup_min": lo, "speedup_max": hi, "estimate": estimate, "ci_low": low, "ci_high": high,
+                     "n": n, "n_of": "seeds", "verdict": why})
     return rows
 
 
 def _pooled_row(claim: Claim, per_run: pd.DataFrame, setting_rows: list[dict], settings: ClaimSettings) -> dict:
     """Each task's settings averaged, then the estimate and interval over tasks."""
     row = {**_base_row(claim, settings), "scope": "pooled", "task": "all", "model": "all", "budget": "all",
-           "speedup_min": np.nan,
-           "speedup_max": np.nan, "n_of": "tasks"}
+           "speedup_min": np.nan, "speedup_max": np.nan, "n_of": "tasks"}
     missing = [m for m in (claim.better, claim.than) if m not in set(per_run["method"])]
     estimated = [r for r in setting_rows if r["n"] > 0]
     if missing:
@@ -206,7 +206,7 @@ def _pooled_row(claim: Claim, per_run: pd.DataFrame, setting_rows: list[dict], s
     return {**row, "estimate": estimate, "ci_low": low, "ci_high": high, "n": n, "verdict": why}
 
 
-def _no_estimate(claim: Claim, lo: float, hi: float, settings: ClaimSettings) -> str:
+def _no_estimate(claim: Claim, settings: ClaimSettings) -> str:
     if claim.measure == "fast":
         return f"inconclusive (the curves do not share speedups ≥ {settings.fast_speedup:g}×)"
     if claim.measure == "slow":
