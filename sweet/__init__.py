@@ -17,7 +17,7 @@ __all__ = ["EarlyExitConfig", "EarlyExitModel", "ExitOutput", "MultiModel"]
 __version__ = "0.1.0"
 
 # The public classes pull in torch and transformers (seconds to import). They load on first access so that the
-# light modules (sweet.config, sweet.aggregate) stay fast for Snakemake's parse step and the table/figure rules.
+# light modules (sweet.config, sweet.reporting) stay fast for Snakemake's parse step and the table/figure rules.
 _LAZY = {
     "EarlyExitConfig": "sweet.model",
     "EarlyExitModel": "sweet.model",

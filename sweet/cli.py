@@ -1,6 +1,7 @@
 """`python -m sweet <stage>`: the commands the workflow's rules call, one per stage of the data flow.
 
-prepare → init-backbone (or fetch) → split → train (→ combine for MM) → calibrate → evaluate → curves → aggregate → figures.
+prepare → init-backbone (or fetch) → split → train (→ combine for MM) → calibrate → evaluate → curves → aggregate → figures
+→ report.
 User errors end with one line on stderr naming the field and the fix, exit code 2, and no partial output.
 """
 
@@ -317,12 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.set_defaults(func=cmd_infer)
 
-    try:
-        from sweet.aggregate import add_cli
-    except ImportError:
-        add_cli = None
-    if add_cli is not None:
-        add_cli(sub)
+    from sweet.reporting.cli import add_cli
+
+    add_cli(sub)
     return parser
 
 

@@ -20,6 +20,9 @@ from sweet.backbones import BACKBONES, resolve_pooling  # the registry imports n
 from sweet.errors import UserError
 
 RESULTS = "results"  # the output root; fixed, so no configuration value can move writes elsewhere
+# Folders under results/ that are not a grid's: a grid's tables, figures and report go to results/<grid>/, so a
+# grid may not take one of these names.
+RESERVED_GRID_NAMES = ("runs", "data", "logs", "backbones", "benchmarks")
 METHODS = ("ee", "sweet", "mm")
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 MIN_CALIBRATION = 50  # as sweet.data.MIN_CALIBRATION: the smallest calibration split `split` accepts
@@ -140,6 +143,10 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
     _check_slugs(models)
     _arch_from_hub_cache(models, config, base)
 
+    for gname in config["grids"]:
+        if gname in RESERVED_GRID_NAMES:
+            raise UserError(f"grids.{gname}: the name '{gname}' is taken by {RESULTS}/{gname}/, which is not a grid's "
+                            f"folder ({', '.join(RESERVED_GRID_NAMES)} are reserved); rename the grid")
     if config["grid"] not in config["grids"]:
         name = config["grid"]
         raise UserError(f"grid: '{name}' is not defined; use one of {', '.join(sorted(config['grids']))} "
@@ -158,6 +165,12 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
             for v in grid[field_name]:
                 if not _is_int(v):
                     raise UserError(f"{key}.{field_name}: {v!r} must be an integer")
+
+    claims = config.get("claims") or {}
+    fast, slow = claims.get("fast_speedup", 2.0), claims.get("slow_speedup", 1.5)
+    if slow > fast:
+        raise UserError(f"claims.slow_speedup: {slow} is above claims.fast_speedup ({fast}); 'slow' speedups must "
+                        "lie below 'fast' ones (the paper: slow ≤ 1.5×, fast ≥ 2×)")
 
     # What only the selected grid needs: its data files present, its budgets fitting the pool.
     grid = config["grids"][config["grid"]]
@@ -189,12 +202,26 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
     return models
 
 
-def merged_training(config: dict, model: Model) -> dict[str, Any]:
-    """Training options of a run: defaults, then the model's overrides, then the selected grid's."""
+def merged_training(config: dict, model: Model, grid: str | None = None) -> dict[str, Any]:
+    """Training options of a run: defaults, then the model's overrides, then the grid's (the selected one unless
+    ``grid`` names another)."""
     spec = dict(config.get("training") or {})
     spec.update(model.training)
-    spec.update(config["grids"][config["grid"]].get("training") or {})
+    spec.update(config["grids"][grid or config["grid"]].get("training") or {})
     return spec
+
+
+def grid_spec(config: dict, grid: str, models: dict[str, Model]) -> dict[str, Any]:
+    """What a grid's tables and report record about it: its axes, and per model the exits and training options."""
+    axes = config["grids"][grid]
+    return {
+        "name": grid,
+        **{key: list(axes[key]) for key in ("tasks", "models", "budgets", "methods", "seeds")},
+        "exit_layers": {m: list(models[m].exit_layers) for m in axes["models"]},
+        "training": {m: merged_training(config, models[m], grid) for m in axes["models"]},
+        "calibrate_on": config.get("calibrate_on", "pool"),
+        "calibration_size": config.get("calibration_size", 1000),
+    }
 
 
 def pool_size(spec: dict, base: Path = Path(".")) -> int | None:
@@ -291,16 +318,17 @@ def describe_disk(config: dict, models: dict[str, Model], base: Path = Path(".")
 
 # ------------------------------------------------------------------------------------------------ internals
 def _coerce_command_line(config: dict) -> None:
-    """`--config keep_checkpoints=true gpus=null cluster='{max_mem_mb: 8000}'` arrive as strings (snakemake reads
+    """`--config partial=true gpus=null cluster='{max_mem_mb: 8000}'` arrive as strings (snakemake reads
     mappings with YAML's BaseLoader): read the keys whose schema wants booleans, numbers or null as YAML would."""
     import yaml
 
     def typed(value: Any) -> Any:
         return yaml.safe_load(value) if isinstance(value, str) else value
 
-    if isinstance(config.get("keep_checkpoints"), str) and config["keep_checkpoints"].lower() in ("yes", "no"):
-        config["keep_checkpoints"] = config["keep_checkpoints"].lower() == "yes"
-    for key in ("keep_checkpoints", "gpus", "scratch_dir"):
+    for key in ("keep_checkpoints", "partial"):
+        if isinstance(config.get(key), str) and config[key].lower() in ("yes", "no"):
+            config[key] = config[key].lower() == "yes"
+    for key in ("keep_checkpoints", "partial", "gpus", "scratch_dir"):
         if isinstance(config.get(key), str) and config[key].lower() in ("true", "false", "null", "none", "~", ""):
             config[key] = typed(config[key].lower().replace("none", "null"))
     if isinstance(config.get("cluster"), dict):

@@ -144,11 +144,16 @@ def test_without_a_profile_nothing_asks_for_a_gpu(tmp_path: Path) -> None:
     assert "gpu=" not in result.stdout
 
 
-def test_cheap_steps_are_local_rules() -> None:
-    snakefile = (ROOT / "workflow" / "Snakefile").read_text()
-    block = snakefile.split("localrules:")[1].split("\n\n")[0]
-    declared = {name.strip(" ,") for name in block.split() if name.strip(" ,")}
-    assert declared >= LOCAL_RULES and not (GPU_RULES & declared)
+def test_only_training_calibration_and_evaluation_are_submitted() -> None:
+    """Every other rule is local (the `localrules:` list or `localrule: True`): cheap, or needs the network."""
+    sources = [ROOT / "workflow" / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+    text = "\n".join(path.read_text() for path in sources)
+    rules = dict(re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, re.M | re.S))
+    listed = text.split("localrules:")[1].split("\n\n")[0]
+    local = {name.strip(" ,") for name in listed.split() if name.strip(" ,")}
+    local |= {name for name, body in rules.items() if re.search(r"^\s+localrule: True", body, re.M)}
+    assert set(rules) - local == GPU_RULES, sorted(set(rules) - local)
+    assert LOCAL_RULES <= local
 
 
 # ------------------------------------------------------------------------------------------------ the arithmetic

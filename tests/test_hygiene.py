@@ -13,7 +13,7 @@ import pytest
 from sweet.io import atomic_dir, atomic_path, write_csv, write_json, write_npz
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted([*ROOT.glob("sweet/*.py"), *ROOT.glob("workflow/**/*.smk"), ROOT / "workflow" / "Snakefile"])
+SOURCES = sorted([*ROOT.glob("sweet/**/*.py"), *ROOT.glob("workflow/**/*.smk"), ROOT / "workflow" / "Snakefile"])
 
 
 class Boom(RuntimeError):
@@ -60,7 +60,7 @@ def test_writers_are_byte_reproducible(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- security
 def _python_trees() -> list[tuple[Path, ast.AST]]:
-    return [(p, ast.parse(p.read_text())) for p in ROOT.glob("sweet/*.py")]
+    return [(p, ast.parse(p.read_text())) for p in ROOT.glob("sweet/**/*.py")]
 
 
 def test_no_remote_code_eval_or_pickle_loading_in_the_sources() -> None:

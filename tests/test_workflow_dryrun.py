@@ -59,8 +59,10 @@ def test_default_grid_plans(tmp_path: Path) -> None:
     assert jobs["train"] == 8 and jobs["train_member"] == 16 and jobs["combine"] == 4
     assert jobs["evaluate"] == 12 and jobs["curves"] == 12 and jobs["calibrate"] == 12
     assert jobs["prepare"] == 1 and jobs["init_backbone"] == 1
-    assert jobs["aggregate"] == 1 and jobs["plot_figures"] == 1
+    assert jobs["aggregate"] == 1 and jobs["plot_figures"] == 1 and jobs["write_report"] == 1
     assert "grid 'demo': 12 runs" in result.stderr
+    for output in ("results/demo/tables", "results/demo/figures", "results/demo/report.html"):
+        assert output in result.stdout
     assert not (tmp_path / "results").exists()
 
 
@@ -165,6 +167,11 @@ BAD = [
     ("path escape", "tasks:\n  ../../etc: {source: synthetic}\n", [], ["tasks", "../../etc"]),
     ("misspelt key", "keep_checkpoint: true\n", [], ["keep_checkpoint", "unknown key"]),
     ("negative gpus", None, ["--config", "gpus=-1"], ["gpus"]),
+    ("grid named like a results folder", "grids:\n  runs: {tasks: [synthetic], models: [tiny-bert], budgets: [100], "
+     "methods: [ee], seeds: [1]}\n", [], ["grids.runs", "results/runs/", "rename the grid"]),
+    ("partial not a boolean", None, ["--config", "partial=maybe"], ["partial", "true or false"]),
+    ("misspelt claims key", "claims: {margins: 2}\n", [], ["claims.margins", "unknown key"]),
+    ("slow above fast", "claims: {slow_speedup: 3}\n", [], ["claims.slow_speedup", "fast_speedup"]),
 ]
 
 

@@ -1,5 +1,6 @@
 """Kill the whole `snakemake --cores 2 --config grid=smoke` process group mid-run, rerun with
-`--rerun-incomplete`, and compare the aggregated curves with a clean run's, byte for byte (issue: reliability).
+`--rerun-incomplete`, and compare the grid's tables (curves, summaries, claims, run list) with a clean run's,
+byte for byte (issue: reliability).
 
 Two smoke grids end to end take a few minutes on 2 cores, so this test is marked `slow`: the default
 `pytest` run skips it and `.ci/run` runs it as its own stage (`python -m pytest -q -m slow tests`).
@@ -45,7 +46,8 @@ def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def test_killed_grid_reruns_to_identical_tables(tmp_path: Path) -> None:
     clean = _copy_tree(tmp_path / "clean")
     _snakemake(clean, *SMOKE)
-    expected = (clean / "results/tables/curves.csv").read_bytes()
+    expected = _tables(clean)
+    assert "curves.csv" in expected and "claims.csv" in expected
 
     killed = _copy_tree(tmp_path / "killed")
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", *SMOKE], cwd=killed, start_new_session=True,
@@ -63,10 +65,15 @@ def test_killed_grid_reruns_to_identical_tables(tmp_path: Path) -> None:
     assert proc.poll() is None, "the grid ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (killed / "results/tables/curves.csv").exists()
+    assert not (killed / "results/smoke/tables/curves.csv").exists()
     # Nothing half-written under a final name: every file a rule writes is renamed into place when complete.
     assert not [p for p in (killed / "results").rglob("*.tmp*") if p.is_file() and not p.name.startswith(".")]
 
     _snakemake(killed, "--unlock", *SMOKE)  # a SIGKILLed snakemake cannot release its lock
     _snakemake(killed, *SMOKE, "--rerun-incomplete")
-    assert (killed / "results/tables/curves.csv").read_bytes() == expected
+    assert _tables(killed) == expected
+
+
+def _tables(repo: Path) -> dict[str, bytes]:
+    folder = repo / "results" / "smoke" / "tables"
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}

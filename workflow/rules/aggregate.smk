@@ -1,45 +1,25 @@
-# Aggregation: the per-run CSVs of the selected grid → tidy tables under results/tables/ (the contracted
-# curves.csv and individual_exits.csv, the gradient-conflict log, and the paper's summaries).
-
-TABLES = "results/tables"
-# Everything `python -m sweet aggregate` writes (sweet/aggregate.py: SUMMARY_FILES plus the Markdown/LaTeX forms
-# and the list of runs that had no results).
-TABLE_FILES = {
-    "curves": "results/tables/curves.csv",
-    "individual_exits": "results/tables/individual_exits.csv",
-    "gradient_conflict": "results/tables/gradient_conflict.csv",
-    "individual_exits_summary": "results/tables/individual_exits_summary.csv",
-    "speedup_summary": "results/tables/speedup_summary.csv",
-    "auc_summary": "results/tables/auc_summary.csv",
-    "oracle_summary": "results/tables/oracle_summary.csv",
-    "pairwise_summary": "results/tables/pairwise_summary.csv",
-    "gradient_conflict_summary": "results/tables/gradient_conflict_summary.csv",
-    "gradient_conflict_by_step": "results/tables/gradient_conflict_by_step.csv",
-    "individual_exits_md": "results/tables/individual_exits_summary.md",
-    "individual_exits_tex": "results/tables/individual_exits_summary.tex",
-    "missing_runs": "results/tables/missing_runs.txt",
-}
-IN_REPORT = ("individual_exits_summary", "speedup_summary", "auc_summary", "pairwise_summary")
+# Tables: a grid's runs → results/<grid>/tables/ (target `tables`), with the paper's claims checked. Which grid,
+# and whether from every run or from those that finished: rules/grids.smk.
 
 
 rule aggregate:
-    """Concatenate the runs' CSVs and compute the per-exit, fixed-speedup and area-under-curve summaries."""
+    """A grid's tables and the paper's claims, from its runs (all of them; in draw mode those that finished)."""
     input:
-        curves=run_files("curves.csv"),
-        exits=run_files("individual_exits.csv"),
-        conflict=run_files("gradient_conflict.csv", methods=("ee", "sweet")),
+        table_inputs,
     output:
-        **{k: v for k, v in TABLE_FILES.items() if k not in IN_REPORT},
-        **{
-            k: report(TABLE_FILES[k], caption="../report/tables.rst", category="Tables")
-            for k in IN_REPORT
-        },
+        directory("results/{grid}/tables"),
+    wildcard_constraints:
+        grid=GRID_NAMES,
     params:
-        runs=run_dirs(),
+        spec=grid_spec_json,
+        claims=json.dumps(config.get("claims") or {}, sort_keys=True),
+        # not passed to the command: when it changes (a run finished or failed), draw mode redraws the tables
+        finished=finished_runs,
     log:
-        "results/logs/aggregate.log",
+        "results/logs/aggregate/{grid}.log",
     benchmark:
-        "results/benchmarks/aggregate.tsv"
+        "results/benchmarks/aggregate/{grid}.tsv"
+    localrule: True
     resources:
         mem_mb=8000,
         runtime=30,
@@ -47,10 +27,11 @@ rule aggregate:
         "../../envs/sweet.yaml"
     threads: 1
     shell:
-        "python -m sweet aggregate --runs {params.runs} --out results/tables > {log} 2>&1"
+        "python -m sweet aggregate --grid-spec {params.spec:q} --claims {params.claims:q} --out {output}"
+        " > {log} 2>&1"
 
 
 rule tables:
-    """Target: the tables of the selected grid."""
+    """Target: the tables of the grid named, else of the grid whose runs finished last (else the default's)."""
     input:
-        list(TABLE_FILES.values()),
+        f"results/{DRAWN_GRID}/tables",

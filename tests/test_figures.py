@@ -1,5 +1,5 @@
-"""Figures from a small fake grid: every figure kind is written (PNG + PDF), also for partial grids and a single
-seed, and reruns are byte-identical."""
+"""Figures from a small fake grid: every figure kind is written (PNG + PDF) with a caption that matches it, also
+for partial grids and a single seed, and reruns are byte-identical."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweet.aggregate import aggregate
 from sweet.curves import curve_rows, exit_rows, with_meta
-from sweet.plots import _save, make_figures, speed_accuracy_figure
+from sweet.reporting.figures import _save, make_figures, speed_accuracy_figure
+from sweet.reporting.tables import aggregate
 
 EXIT_LAYERS = [1, 4, 6, 12]
 # Per-exit mean margin of the true class: MM's members and SWEET's early exits are better than EE's (the paper's
@@ -81,7 +81,7 @@ def write_fake_grid(root: Path, tasks=("synthetic", "sst2"), models=("tiny-bert"
 def full_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("grid")
     runs = write_fake_grid(root / "runs", tasks=("synthetic",), budgets=(100, 1000), seeds=(1, 2))
-    aggregate(runs, root / "tables", n_resamples=200)
+    aggregate(runs, root / "tables")
     return root, root / "tables"
 
 
@@ -105,7 +105,7 @@ def test_every_figure_kind_is_written(full_grid: tuple[Path, Path]) -> None:
 def test_figures_are_byte_reproducible(tmp_path: Path) -> None:
     runs = write_fake_grid(tmp_path / "runs", tasks=("synthetic",), budgets=(100,), methods=("ee", "sweet"),
                            seeds=(1, 2))
-    aggregate(runs, tmp_path / "tables", n_resamples=100)
+    aggregate(runs, tmp_path / "tables")
     first = make_figures(tmp_path / "tables", tmp_path / "again1")
     second = make_figures(tmp_path / "tables", tmp_path / "again2")
     assert len(first) == len(second) == 10
@@ -121,8 +121,8 @@ def test_partial_grid_and_single_seed(tmp_path: Path) -> None:
     runs = write_fake_grid(tmp_path / "runs", tasks=("synthetic",), budgets=(100,), methods=("ee", "sweet"),
                            seeds=(1,))
     runs.append(tmp_path / "runs" / "synthetic" / "tiny-bert" / "b100" / "mm" / "s1")  # never finished
-    written = aggregate(runs, tmp_path / "tables", n_resamples=100)
-    assert written["missing"].read_text().strip().endswith("mm/s1")
+    written = aggregate(runs, tmp_path / "tables")
+    assert written["missing_runs.txt"].read_text().strip().endswith("mm/s1: never started")
     figures = make_figures(tmp_path / "tables", tmp_path / "figures", formats=("png",))
     names = {p.name for p in figures}
     assert {"synthetic__tiny-bert__b100.png", "overview.png"} <= names

@@ -1,4 +1,5 @@
-"""Aggregation numbers checked against small tables computed by hand."""
+"""The statistics behind the tables, checked against small tables computed by hand; collecting runs; the
+`aggregate` command."""
 
 from __future__ import annotations
 
@@ -10,23 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweet.aggregate import (
-    add_cli,
-    aggregate,
+from sweet.errors import UserError
+from sweet.reporting.cli import add_cli
+from sweet.reporting.collect import collect
+from sweet.reporting.statistics import (
     auc_summary,
-    bootstrap_ci,
-    collect,
     curve_auc,
     gradient_conflict_summary,
-    individual_exits_latex,
-    individual_exits_markdown,
     individual_exits_summary,
     interpolate_curve,
     pairwise_differences,
     pareto_front,
     speedup_summary,
+    t_interval,
 )
-from sweet.errors import UserError
+from sweet.reporting.tables import aggregate, individual_exits_latex, individual_exits_markdown
 
 IDENT = {"task": "t", "model": "m", "budget": 10}
 
@@ -163,20 +162,26 @@ def test_oracle_rows_do_not_enter_the_curves() -> None:
 # ------------------------------------------------------------------------------------------ paired comparisons
 
 
-def test_bootstrap_ci_properties() -> None:
-    diffs = [0.01, 0.02, 0.04, 0.03, 0.05]
-    low, high = bootstrap_ci(diffs, n_resamples=2000, seed=3)
-    assert min(diffs) <= low < np.mean(diffs) < high <= max(diffs)
-    assert bootstrap_ci(diffs, n_resamples=2000, seed=3) == (low, high)  # seeded: reproducible
-    narrow = bootstrap_ci(diffs, n_resamples=2000, seed=3, level=0.5)
-    assert low <= narrow[0] <= narrow[1] <= high
-    assert bootstrap_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
-    assert all(math.isnan(v) for v in bootstrap_ci([0.3]))
+def test_t_interval_by_hand() -> None:
+    # mean 2, sample sd 1, n 3: half-width t(0.975, 2) · 1 / √3, with t(0.975, 2) = 4.302652729749464
+    mean, low, high, n = t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729749464 / math.sqrt(3)
+    assert (mean, n) == (2.0, 3) and (low, high) == pytest.approx((2 - half, 2 + half), rel=1e-12)
+    # two seeds: t(0.975, 1) = 12.706204736174698, sd = |d1 − d2| / √2
+    mean, low, high, n = t_interval([0.5, 1.5])
+    half = 12.706204736174698 * (1 / math.sqrt(2)) / math.sqrt(2)
+    assert (low, high) == pytest.approx((1 - half, 1 + half), rel=1e-12)
+    narrow = t_interval([1.0, 2.0, 3.0], level=0.5)
+    assert 1.0 < narrow[1] < narrow[2] < 3.0
+    assert t_interval([0.2, 0.2, 0.2])[1:3] == pytest.approx((0.2, 0.2))  # no spread, no width
+    mean, low, high, n = t_interval([0.3, float("nan")])
+    assert (mean, n) == (0.3, 1) and math.isnan(low) and math.isnan(high)
+    assert t_interval([])[3] == 0
 
 
 def test_pairwise_differences_by_hand() -> None:
     exits = exit_frame()
-    pairs = pairwise_differences(curve_frame(CURVES), exits, speedups=(1.5, 3.0), n_resamples=500)
+    pairs = pairwise_differences(curve_frame(CURVES), exits, speedups=(1.5, 3.0))
     at = pairs[(pairs["measure"] == "score_at_speedup") & (pairs["comparison"] == "SWEET-EE")].set_index("speedup")
     # SWEET − EE at 1.5x: 0.875 − 0.85 and 0.775 − 0.75, both +0.025
     assert at.loc[1.5, "diff_mean"] == pytest.approx(0.025)
@@ -232,12 +237,14 @@ def test_collect_reports_missing_runs_and_is_order_independent(tmp_path: Path) -
     missing_run.mkdir(parents=True)  # started, not finished
     first = collect([*runs, missing_run])
     second = collect([missing_run, *reversed(runs)])
-    for a, b in zip(first[:3], second[:3]):
-        pd.testing.assert_frame_equal(a, b)
-    assert first[3] == [str(missing_run)]
-    curves, exits, conflicts, _ = first
+    for name in ("curves", "exits", "conflict", "runs"):
+        pd.testing.assert_frame_equal(getattr(first, name), getattr(second, name))
+    assert first.missing["run"].tolist() == [missing_run.as_posix()]
+    assert first.missing["status"].tolist() == ["never started"]  # an empty folder, no logs
+    exits = first.exits
     assert exits[["method", "seed"]].drop_duplicates().values.tolist() == [["ee", 1], ["ee", 2], ["sweet", 2]]
-    assert len(conflicts) == 2 and conflicts["other"].tolist() == ["sum", "sum"]
+    assert len(first.conflict) == 2 and first.conflict["other"].tolist() == ["sum", "sum"]
+    assert first.runs.set_index("run").loc[runs[0].as_posix(), "status"] == "finished"
 
 
 def test_collect_refuses_broken_or_duplicate_runs(tmp_path: Path) -> None:
@@ -259,24 +266,32 @@ def test_aggregate_cli_writes_every_table(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["aggregate", "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "tables"),
-                              "--speedups", "1.5,2", "--bootstrap", "200"])
+                              "--speedups", "1.5,2", "--claims", '{"margin": 2}'])
     args.func(args)
     names = {p.name for p in (tmp_path / "tables").iterdir()}
     assert names == {"curves.csv", "individual_exits.csv", "individual_exits_summary.csv",
                      "individual_exits_summary.md", "individual_exits_summary.tex", "speedup_summary.csv",
                      "auc_summary.csv", "oracle_summary.csv", "pairwise_summary.csv", "gradient_conflict.csv",
-                     "gradient_conflict_summary.csv", "gradient_conflict_by_step.csv", "missing_runs.txt"}
+                     "gradient_conflict_summary.csv", "gradient_conflict_by_step.csv", "claims.csv", "claims.md",
+                     "runs.csv", "missing_runs.txt", "status.txt", "grid.json"}
     assert (tmp_path / "tables" / "missing_runs.txt").read_text() == ""
+    assert (tmp_path / "tables" / "status.txt").read_text() == "complete: all 4 runs finished.\n"
+    assert "± 2 point" in (tmp_path / "tables" / "claims.md").read_text()
     speed = pd.read_csv(tmp_path / "tables" / "speedup_summary.csv")
     assert sorted(speed["speedup"].unique()) == [1.5, 2.0]
     with pytest.raises(UserError, match="no runs given"):
         args = parser.parse_args(["aggregate", "--out", str(tmp_path / "t2")])
         args.func(args)
+    with pytest.raises(UserError, match="--claims: unknown key 'margins'"):
+        args = parser.parse_args(["aggregate", "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "t3"),
+                                  "--claims", '{"margins": 2}'])
+        args.func(args)
+    assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
 
 
 def test_aggregate_is_deterministic(tmp_path: Path) -> None:
     runs = [_write_run(tmp_path / "runs", m, s) for m, s in [("ee", 1), ("ee", 2), ("sweet", 1), ("sweet", 2)]]
-    aggregate(runs, tmp_path / "a", n_resamples=300)
-    aggregate(list(reversed(runs)), tmp_path / "b", n_resamples=300)
+    aggregate(runs, tmp_path / "a")
+    aggregate(list(reversed(runs)), tmp_path / "b")
     for path in sorted((tmp_path / "a").iterdir()):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name

@@ -1,8 +1,11 @@
-"""The paper's figures, drawn from the aggregated tables in ``results/tables`` (never from a model).
+"""The paper's figures, drawn from a grid's tables (``results/<grid>/tables``, never from a model), each with a
+caption written from the same data, so the caption says what the figure shows (its setting, exit rule, seeds,
+whether it has an oracle point or reference thresholds). ``index.json`` lists every figure with its caption, for
+the report.
 
 * ``speed_accuracy/<task>__<model>__b<budget>.{png,pdf}``: score vs. speedup for one exit rule (confidence by
   default), one line per method = mean over seeds of each seed's Pareto-front curve on a common speedup grid,
-  band = ± one std over seeds, markers = the 11 reference thresholds (seed-averaged), stars = the oracle point
+  band = ± one std over seeds, markers = the reference thresholds (the paper's 11, seed-averaged), stars = the oracle point
   (every example at its earliest correct exit). ``..__allrules`` has one panel per exit rule; ``overview`` facets
   the whole grid.
 * ``individual_exits/<task>__<model>__b<budget>.{png,pdf}``: each exit's own score per exit layer, error bars =
@@ -29,17 +32,9 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from sweet.aggregate import (
-    GROUP_KEYS,
-    RUN_KEYS,
-    STRING_COLUMNS,
-    SUMMARY_FILES,
-    display_name,
-    gradient_conflict_summary,
-    interpolate_curve,
-    method_rank,
-)
-from sweet.io import atomic_path
+from sweet.io import atomic_dir, atomic_path, write_json, write_text
+from sweet.reporting.collect import GROUP_KEYS, RUN_KEYS, display_name, methods_in_order, read_table
+from sweet.reporting.statistics import gradient_conflict_summary, interpolate_curve
 
 # Okabe–Ito colours (colour-blind safe), plus a marker per method so the figures survive grey-scale printing.
 PALETTE = {"ee": "#0072B2", "sweet": "#D55E00", "mm": "#009E73"}
@@ -73,7 +68,7 @@ def marker(method: str) -> str:
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
-    return sorted(frame["method"].unique(), key=lambda m: (method_rank(m), m))
+    return methods_in_order(frame["method"])
 
 
 def _metric_axis(frame: pd.DataFrame, column: str = "score") -> tuple[float, str]:
@@ -186,14 +181,31 @@ def _draw_speed_accuracy(
     ax.grid(True, which="major", lw=0.5, alpha=0.5)
 
 
-def _legend_handles(methods: Sequence[str], oracle: bool, reference: bool) -> list:
+def _reference_count(curves: pd.DataFrame) -> int:
+    """How many of the reference grid's thresholds a run's curve marks (the paper's 11 unless configured)."""
+    if "reference_threshold" not in curves:
+        return 0
+    ref = curves[(curves["reference_threshold"].fillna(0) == 1) & (curves["strategy"] != "oracle")]
+    return int(ref.groupby([*RUN_KEYS, "strategy"])["threshold"].nunique().max()) if not ref.empty else 0
+
+
+def _seeds_phrase(frame: pd.DataFrame, spread: str) -> str:
+    """"band = ± 1 std over 3 seeds" or, with a single seed, "one seed, no band"."""
+    n = frame.groupby("method")["seed"].nunique()
+    if n.max() <= 1:
+        return f"one seed, no {spread}"
+    seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
+    return f"{spread} = ± 1 std over {seeds} seeds"
+
+
+def _legend_handles(methods: Sequence[str], oracle: bool, references: int) -> list:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colour(m), lw=1.8, marker=marker(m), mfc="white", mec=colour(m), ms=4.5,
                       label=display_name(m)) for m in methods]
-    if reference:
+    if references:
         handles.append(Line2D([], [], color="none", marker="o", mfc="white", mec="black", ms=4.5,
-                              label="11 reference thresholds"))
+                              label=f"{references} reference thresholds"))
     if oracle:
         handles.append(Line2D([], [], color="none", marker="*", mfc="white", mec=ORACLE_COLOUR, ms=11,
                               label="oracle (earliest correct exit)"))
@@ -216,21 +228,23 @@ def speed_accuracy_figure(block: pd.DataFrame, strategy: str = "confidence") -> 
     _draw_speed_accuracy(ax, block, strategy, scale)
     ax.set_xlabel(SPEEDUP_LABEL)
     ax.set_ylabel(ylabel)
-    n_seeds = curves.groupby("method")["seed"].nunique()
-    seeds = f"{n_seeds.min()}" if n_seeds.min() == n_seeds.max() else f"{n_seeds.min()}–{n_seeds.max()}"
     ax.set_title(f"{_title(task, model, budget)}\n{STRATEGY_NAMES.get(strategy, strategy)} exit rule; "
-                 f"band = ± 1 std over {seeds} seed(s)")
+                 f"{_seeds_phrase(curves, 'band')}")
     has_oracle = (block["strategy"] == "oracle").any()
-    has_ref = "reference_threshold" in curves and (curves["reference_threshold"].fillna(0) == 1).any()
-    ax.legend(handles=_legend_handles(_methods(curves), has_oracle, has_ref), loc="lower left", frameon=True,
-              framealpha=0.9)
+    ax.legend(handles=_legend_handles(_methods(curves), has_oracle, _reference_count(curves)), loc="best",
+              frameon=True, framealpha=0.9)
     return fig
+
+
+def _strategies(block: pd.DataFrame) -> list[str]:
+    """The exit rules in the block, the paper's first."""
+    strategies = [s for s in STRATEGY_NAMES if (block["strategy"] == s).any()]
+    return strategies + sorted(set(block["strategy"]) - set(strategies) - {"oracle"})
 
 
 def speed_accuracy_allrules_figure(block: pd.DataFrame) -> Figure | None:
     """One panel per exit rule (confidence, entropy, patience, learned) for one task × model × budget."""
-    strategies = [s for s in ["confidence", "entropy", "patience", "learned"] if (block["strategy"] == s).any()]
-    strategies += sorted(set(block["strategy"]) - set(strategies) - {"oracle"})
+    strategies = _strategies(block)
     if not strategies:
         return None
     task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
@@ -247,9 +261,9 @@ def speed_accuracy_allrules_figure(block: pd.DataFrame) -> Figure | None:
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel(ylabel)
-    fig.suptitle(_title(task, model, budget))
-    has_ref = "reference_threshold" in block and (block["reference_threshold"].fillna(0) == 1).any()
-    fig.legend(handles=_legend_handles(_methods(block), (block["strategy"] == "oracle").any(), has_ref),
+    fig.suptitle(f"{_title(task, model, budget)}; {_seeds_phrase(block, 'band')}")
+    fig.legend(handles=_legend_handles(_methods(block), (block["strategy"] == "oracle").any(),
+                                       _reference_count(block)),
                loc="outside lower center", ncols=5, frameon=False)
     return fig
 
@@ -281,9 +295,9 @@ def overview_figure(curves: pd.DataFrame, strategy: str = "confidence") -> Figur
             if j == 0:
                 ax.set_ylabel(ylabel)
     fig.suptitle(f"Speed–accuracy trade-off, {STRATEGY_NAMES.get(strategy, strategy)} exit rule "
-                 f"(bands: ± 1 std over seeds)")
-    has_ref = "reference_threshold" in curves and (curves["reference_threshold"].fillna(0) == 1).any()
-    fig.legend(handles=_legend_handles(_methods(curves), (curves["strategy"] == "oracle").any(), has_ref),
+                 f"({_seeds_phrase(curves[curves['strategy'] == strategy], 'band')})")
+    fig.legend(handles=_legend_handles(_methods(curves), (curves["strategy"] == "oracle").any(),
+                                       _reference_count(curves)),
                loc="outside lower center", ncols=5, frameon=False)
     return fig
 
@@ -317,9 +331,7 @@ def individual_exits_figure(block: pd.DataFrame) -> Figure | None:
     ax.set_xlim(min(exits) - 0.4, max(exits) + 0.4)
     ax.set_xlabel("Exit after layer (MM: depth of the member)")
     ax.set_ylabel(ylabel)
-    n = stats["n"]
-    seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
-    ax.set_title(f"{_title(task, model, budget)}\neach exit's own score; bars = ± 1 std over {seeds} seed(s)")
+    ax.set_title(f"{_title(task, model, budget)}\neach exit's own score; {_seeds_phrase(block, 'error bars')}")
     ax.grid(True, axis="y", lw=0.5, alpha=0.5)
     ax.legend(loc="lower right", frameon=True, framealpha=0.9)
     return fig
@@ -389,13 +401,109 @@ def gradient_conflict_figure(block: pd.DataFrame) -> Figure | None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# captions: written from the data each figure is drawn from
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _seed_counts(frame: pd.DataFrame) -> str:
+    """"EE 3, SWEET 3, MM 2 seeds", "3 seeds per method" or, for one method, "3 seeds"."""
+    counts = frame.groupby("method")["seed"].nunique()
+    if len(counts) == 1:
+        return _plural(int(counts.iloc[0]), "seed")
+    if counts.nunique() == 1:
+        return f"{_plural(int(counts.iloc[0]), 'seed')} per method"
+    return ", ".join(f"{display_name(m)} {int(counts[m])}" for m in methods_in_order(counts.index)) + " seeds"
+
+
+def _spread(frame: pd.DataFrame, what: str) -> str:
+    """"the band is ± 1 standard deviation over seeds", or "one seed, so no band"."""
+    if frame.groupby("method")["seed"].nunique().max() > 1:
+        return f"the {what} is ± 1 standard deviation over seeds"
+    return f"one seed, so no {what}"
+
+
+def _speed_accuracy_conventions(block: pd.DataFrame, strategy: str) -> str:
+    curves = block[block["strategy"] == strategy] if strategy else block[block["strategy"] != "oracle"]
+    _, ylabel = _metric_axis(block)
+    parts = [f"x: speedup over the full model (its layers ÷ the layers used, log scale); y: {ylabel[:1].lower()}"
+             f"{ylabel[1:]}. Each line is the mean over seeds of each seed's Pareto-optimal curve; "
+             f"{_spread(curves, 'band')}"]
+    references = _reference_count(curves)
+    if references:
+        parts.append(f"hollow markers: the {references} thresholds of the paper's reference grid, seed-averaged")
+    if (block["strategy"] == "oracle").any():
+        parts.append("stars: the oracle (every example leaves at its earliest correct exit), headroom no exit rule "
+                     "reaches")
+    text = "; ".join(parts) + "."
+    if "mm" in set(curves["method"]):
+        text += (" MM's curve starts below 1×: with every member needed, running the members in sequence costs "
+                 "more than the full model.")
+    return text
+
+
+def speed_accuracy_caption(block: pd.DataFrame, strategy: str = "confidence") -> str:
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    curves = block[block["strategy"] == strategy]
+    return (f"Speed–accuracy trade-off, {_title(task, model, budget)}, {STRATEGY_NAMES.get(strategy, strategy)} "
+            f"exit rule ({_seed_counts(curves)}). {_speed_accuracy_conventions(block, strategy)}")
+
+
+def speed_accuracy_allrules_caption(block: pd.DataFrame) -> str:
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    rules = [STRATEGY_NAMES.get(s, s) for s in _strategies(block)]
+    return (f"Speed–accuracy trade-off, {_title(task, model, budget)}, one panel per exit rule "
+            f"({', '.join(rules)}; {_seed_counts(block)}). {_speed_accuracy_conventions(block, '')}")
+
+
+def overview_caption(curves: pd.DataFrame, strategy: str = "confidence") -> str:
+    rule = curves[curves["strategy"] == strategy]
+    settings = rule[GROUP_KEYS].drop_duplicates()
+    tasks = curves["task"].nunique()
+    columns = len({(m, b) for m, b in zip(curves["model"], curves["budget"])})
+    text = (f"Speed–accuracy trade-off over the whole grid ({_plural(len(settings), 'setting')}; rows: "
+            f"{_plural(tasks, 'task')}, columns: {_plural(columns, 'model × budget combination')}), "
+            f"{STRATEGY_NAMES.get(strategy, strategy)} exit rule. {_speed_accuracy_conventions(curves, strategy)}")
+    if len(settings) < tasks * columns:
+        text += " Panels marked \"no finished runs\" have no run of that combination yet."
+    return text
+
+
+def individual_exits_caption(block: pd.DataFrame) -> str:
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    _, ylabel = _metric_axis(block)
+    return (f"Individual exits, {_title(task, model, budget)} ({_seed_counts(block)}): each exit's own "
+            f"{ylabel[:1].lower()}{ylabel[1:]} (every evaluation example answered by that exit) by the layer the "
+            f"exit sits after (MM: the depth of its member model). Points: mean over seeds; "
+            f"{_spread(block, 'error bar')} (methods are offset sideways so bars do not overlap).")
+
+
+def gradient_conflict_caption(block: pd.DataFrame) -> str:
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    block = block.dropna(subset=["cosine"])
+    methods = ", ".join(display_name(m) for m in _methods(block))
+    steps = sorted(block["step"].unique())
+    every = f"every {int(steps[1] - steps[0])} steps" if len(steps) > 1 else "once"
+    return (f"Gradient conflict during {methods} training, {_title(task, model, budget)} ({_seed_counts(block)}; "
+            f"probed {every}). Block k is the layers between exit k−1 and exit k. Left: mean cosine similarity "
+            "between the gradient of block k's own exit loss and that of each later exit (and of their sum), seeds "
+            "and steps pooled; red = negative = the later exits pull block k against its own exit. Right: the "
+            f"cosine with the sum of the later exits' gradients over training, one line per block; "
+            f"{_spread(block, 'band')}.")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # entry point
+
+SECTIONS = ("speed_accuracy", "individual_exits", "gradient_conflict")
 
 
 def _read(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
-    frame = pd.read_csv(path, dtype=STRING_COLUMNS)
+    frame = read_table(path)
     return frame if not frame.empty else None
 
 
@@ -406,35 +514,40 @@ def _blocks(frame: pd.DataFrame):
 def make_figures(
     tables_dir: str | Path, out_dir: str | Path, strategy: str = "confidence", formats: Sequence[str] = ("png", "pdf")
 ) -> list[Path]:
-    """Draw every figure the tables support; returns the files written. The three sub-folders always exist."""
+    """Draw every figure the tables support into ``out_dir`` (replaced as a whole), with ``index.json`` (each
+    figure's section, files and caption) and the tables' ``status.txt``; returns the figure files written. The
+    three sub-folders always exist."""
     tables, out = Path(tables_dir), Path(out_dir)
-    folders = {name: out / name for name in ("speed_accuracy", "individual_exits", "gradient_conflict")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    with mpl.rc_context(RC), sns.axes_style("ticks"):
-        curves = _read(tables / SUMMARY_FILES["curves"])
+    entries: list[dict] = []
+    with atomic_dir(out) as tmp, mpl.rc_context(RC), sns.axes_style("ticks"):
+        for section in SECTIONS:
+            (tmp / section).mkdir()
+
+        def save(fig: Figure | None, section: str, stem: str, caption: str) -> None:
+            if fig is not None:
+                files = _save(fig, tmp / section / stem, formats)
+                entries.append({"section": section, "files": [f"{section}/{f.name}" for f in files],
+                                "caption": caption})
+
+        curves = _read(tables / "curves.csv")
         if curves is not None:
             curves = curves.sort_values([*RUN_KEYS, "strategy", "speedup"], kind="mergesort")
+            save(overview_figure(curves, strategy), "speed_accuracy", "overview", overview_caption(curves, strategy))
             for key, block in _blocks(curves):
-                for fig, suffix in ((speed_accuracy_figure(block, strategy), ""),
-                                    (speed_accuracy_allrules_figure(block), "__allrules")):
-                    if fig is not None:
-                        written += _save(fig, folders["speed_accuracy"] / (_stem(*key) + suffix), formats)
-            fig = overview_figure(curves, strategy)
-            if fig is not None:
-                written += _save(fig, folders["speed_accuracy"] / "overview", formats)
-        exits = _read(tables / SUMMARY_FILES["exits"])
+                save(speed_accuracy_figure(block, strategy), "speed_accuracy", _stem(*key),
+                     speed_accuracy_caption(block, strategy))
+                save(speed_accuracy_allrules_figure(block), "speed_accuracy", _stem(*key) + "__allrules",
+                     speed_accuracy_allrules_caption(block))
+        exits = _read(tables / "individual_exits.csv")
         if exits is not None:
             for key, block in _blocks(exits):
-                fig = individual_exits_figure(block)
-                if fig is not None:
-                    written += _save(fig, folders["individual_exits"] / _stem(*key), formats)
-        conflicts = _read(tables / SUMMARY_FILES["conflict"])
+                save(individual_exits_figure(block), "individual_exits", _stem(*key), individual_exits_caption(block))
+        conflicts = _read(tables / "gradient_conflict.csv")
         if conflicts is not None:
-            conflicts["other"] = conflicts["other"].astype(str).str.replace(r"\.0$", "", regex=True)
             for key, block in _blocks(conflicts):
-                fig = gradient_conflict_figure(block)
-                if fig is not None:
-                    written += _save(fig, folders["gradient_conflict"] / _stem(*key), formats)
-    return written
+                save(gradient_conflict_figure(block), "gradient_conflict", _stem(*key),
+                     gradient_conflict_caption(block))
+        write_json(tmp / "index.json", {"strategy": strategy, "figures": entries})
+        if (tables / "status.txt").is_file():
+            write_text(tmp / "status.txt", (tables / "status.txt").read_text())
+    return [out / f for entry in entries for f in entry["files"]]

@@ -1,0 +1,267 @@
+"""The paper's claims (its abstract), each checked on a grid's runs.
+
+Every claim compares two methods on one measure. Per task × model × budget, the measure is computed per seed for
+both methods, the seed-paired differences (in points) give the estimate and a Student-t interval; the pooled row
+averages each task's settings, then takes the estimate and the interval over tasks. The verdict reads the
+interval: ``reproduced`` when it lies on the paper's side (above 0; for "comparable", inside ± margin),
+``contradicted`` when it lies on the other side (below 0; outside ± margin), ``inconclusive`` otherwise, and
+``inconclusive (1 seed)`` when there is no interval to read.
+
+Adding a claim is one entry in ``CLAIMS`` (and a function in ``MEASURES`` if it needs a new measure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sweet.reporting.collect import GROUP_KEYS, RUN_KEYS, display_name, empty_frame
+from sweet.reporting.statistics import (
+    LEVEL,
+    auc_per_seed,
+    exit_average_per_seed,
+    paired_seed_differences,
+    points_scale,
+    t_interval,
+)
+
+
+@dataclass(frozen=True)
+class ClaimSettings:
+    """How the claims are checked (config.yaml's ``claims:``)."""
+
+    exit_rule: str = "confidence"
+    fast_speedup: float = 2.0
+    slow_speedup: float = 1.5
+    margin: float = 1.0  # points
+    level: float = LEVEL
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> ClaimSettings:
+        return cls(**(values or {}))
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    statement: str  # may name the settings: {fast}, {slow}, {margin}, {rule}
+    better: str  # the method the paper finds better (or comparable)
+    than: str
+    measure: str  # a key of MEASURES
+    paper: float | None = None  # the paper's own figure, in points, where it states one
+    comparable: bool = False  # True: "comparable", i.e. the difference lies within ± margin
+
+    def describe(self, settings: ClaimSettings) -> str:
+        return self.statement.format(fast=f"{settings.fast_speedup:g}", slow=f"{settings.slow_speedup:g}",
+                                     margin=f"{settings.margin:g}", rule=settings.exit_rule)
+
+
+CLAIMS = [
+    Claim("1", "MM's individual classifiers beat EE's (mean over exits)", "mm", "ee", "exit_average", paper=2.3),
+    Claim("1-early", "MM's early classifiers beat EE's (mean over all exits but the last)", "mm", "ee",
+          "early_exit_average"),
+    Claim("2", "SWEET's individual classifiers beat EE's (mean over exits)", "sweet", "ee", "exit_average",
+          paper=1.1),
+    Claim("3-fast-ee", "SWEET's speed–accuracy curve is above EE's at fast speeds (≥ {fast}×)", "sweet", "ee",
+          "fast"),
+    Claim("3-fast-mm", "SWEET's speed–accuracy curve is above MM's at fast speeds (≥ {fast}×)", "sweet", "mm",
+          "fast"),
+    Claim("3-slow", "SWEET's speed–accuracy curve is comparable to EE's at slow speeds (≤ {slow}×, within "
+          "± {margin} point)", "sweet", "ee", "slow", comparable=True),
+    Claim("4", "EE's speed–accuracy trade-off beats MM's (normalised AUC over the shared speedup range)", "ee",
+          "mm", "auc"),
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# measures: per run, one value (column "value") and the speedup range it covers (NaN for per-exit measures)
+
+MeasureFn = Callable[[pd.DataFrame, pd.DataFrame, ClaimSettings], pd.DataFrame]
+MEASURE_COLUMNS = [*RUN_KEYS, "value", "speedup_min", "speedup_max"]
+
+
+def _exit_measure(early_only: bool) -> MeasureFn:
+    def measure(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSettings) -> pd.DataFrame:
+        per_run = exit_average_per_seed(exits, early_only=early_only).rename(columns={"score": "value"})
+        return per_run.assign(speedup_min=np.nan, speedup_max=np.nan)[MEASURE_COLUMNS]
+
+    return measure
+
+
+def _auc_measure(region: str) -> MeasureFn:
+    def measure(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSettings) -> pd.DataFrame:
+        rule = curves[curves["strategy"].isin([settings.exit_rule])] if not curves.empty else curves
+        lowest = settings.fast_speedup if region == "fast" else None
+        highest = settings.slow_speedup if region == "slow" else None
+        per_run = auc_per_seed(rule, lowest, highest)
+        if per_run.empty:
+            return empty_frame(MEASURE_COLUMNS)
+        return per_run.rename(columns={"auc": "value"})[MEASURE_COLUMNS]
+
+    return measure
+
+
+MEASURES: dict[str, MeasureFn] = {
+    "exit_average": _exit_measure(early_only=False),
+    "early_exit_average": _exit_measure(early_only=True),
+    "fast": _auc_measure("fast"),
+    "slow": _auc_measure("slow"),
+    "auc": _auc_measure("shared"),
+}
+MEASURE_NAMES = {
+    "exit_average": "mean over exits",
+    "early_exit_average": "mean over early exits",
+    "fast": "normalised AUC, fast speeds",
+    "slow": "normalised AUC, slow speeds",
+    "auc": "normalised AUC, shared range",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# verdicts
+
+CLAIM_COLUMNS = ["claim", "scope", "statement", *GROUP_KEYS, "comparison", "measure", "speedup_min",
+                 "speedup_max", "estimate", "ci_low", "ci_high", "level", "n", "n_of", "paper", "verdict"]
+
+
+def verdict(claim: Claim, low: float, high: float, settings: ClaimSettings) -> str:
+    """Which side of 0 (for "comparable": of the ± margin band) the interval lies on."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "inconclusive"
+    if claim.comparable:
+        if -settings.margin <= low and high <= settings.margin:
+            return "reproduced"
+        if low > settings.margin or high < -settings.margin:
+            return "contradicted"
+        return "inconclusive"
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "contradicted"
+    return "inconclusive"
+
+
+def check_claims(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSettings | None = None) -> pd.DataFrame:
+    """One pooled row per claim, then one row per task × model × budget where both methods have runs."""
+    settings = settings or ClaimSettings()
+    scale = points_scale(*(f["score"] for f in (curves, exits) if not f.empty))
+    rows = []
+    for claim in CLAIMS:
+        per_run = MEASURES[claim.measure](curves, exits, settings)
+        setting_rows = _setting_rows(claim, per_run, scale, settings)
+        rows.append(_pooled_row(claim, per_run, setting_rows, settings))
+        rows += setting_rows
+    # Rows are built in a fixed order (claims as listed, settings as the sorted frames give them).
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def _base_row(claim: Claim, settings: ClaimSettings) -> dict:
+    return {"claim": claim.id, "statement": claim.describe(settings), "level": settings.level,
+            "comparison": f"{display_name(claim.better)}-{display_name(claim.than)}",
+            "measure": MEASURE_NAMES[claim.measure], "paper": claim.paper if claim.paper is not None else np.nan}
+
+
+def _setting_rows(claim: Claim, per_run: pd.DataFrame, scale: float, settings: ClaimSettings) -> list[dict]:
+    rows = []
+    for key, setting in per_run.groupby(GROUP_KEYS, sort=False):
+        if not {claim.better, claim.than} <= set(setting["method"]):
+            continue
+        diffs = paired_seed_differences(setting, "value", claim.better, claim.than) * scale
+        estimate, low, high, n = t_interval(diffs.to_numpy(), settings.level)
+        lo, hi = setting["speedup_min"].iloc[0], setting["speedup_max"].iloc[0]
+        if n == 0:
+            why = _no_estimate(claim, settings)
+        elif n == 1:
+            why = "inconclusive (1 seed)"
+        else:
+            why = verdict(claim, low, high, settings)
+        rows.append({**_base_row(claim, settings), "scope": "setting", **dict(zip(GROUP_KEYS, key)),
+                     "speedup_min": lo, "speedup_max": hi, "estimate": estimate, "ci_low": low, "ci_high": high,
+                     "n": n, "n_of": "seeds", "verdict": why})
+    return rows
+
+
+def _pooled_row(claim: Claim, per_run: pd.DataFrame, setting_rows: list[dict], settings: ClaimSettings) -> dict:
+    """Each task's settings averaged, then the estimate and interval over tasks."""
+    row = {**_base_row(claim, settings), "scope": "pooled", "task": "all", "model": "all", "budget": "all",
+           "speedup_min": np.nan, "speedup_max": np.nan, "n_of": "tasks"}
+    missing = [m for m in (claim.better, claim.than) if m not in set(per_run["method"])]
+    estimated = [r for r in setting_rows if r["n"] > 0]
+    if missing:
+        return {**row, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0,
+                "verdict": f"not tested (no {', '.join(display_name(m) for m in missing)} runs)"}
+    per_task = pd.DataFrame(estimated, columns=["task", "estimate"]).groupby("task", sort=True)["estimate"].mean()
+    estimate, low, high, n = t_interval(per_task.to_numpy(), settings.level)
+    if not estimated:
+        why = "inconclusive (no paired seeds)" if not setting_rows else setting_rows[0]["verdict"]
+    elif max(r["n"] for r in estimated) < 2:
+        why = "inconclusive (1 seed)"
+    elif n < 2:
+        why = "inconclusive (1 task)"
+    else:
+        why = verdict(claim, low, high, settings)
+    return {**row, "estimate": estimate, "ci_low": low, "ci_high": high, "n": n, "verdict": why}
+
+
+def _no_estimate(claim: Claim, settings: ClaimSettings) -> str:
+    if claim.measure == "fast":
+        return f"inconclusive (the curves do not share speedups ≥ {settings.fast_speedup:g}×)"
+    if claim.measure == "slow":
+        return f"inconclusive (the curves do not share speedups ≤ {settings.slow_speedup:g}×)"
+    return "inconclusive (no paired seeds)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# text
+
+
+def format_estimate(row: pd.Series | dict) -> str:
+    """"+2.1 [+0.4, +3.8]" (points); just the estimate without an interval; "–" without an estimate."""
+    estimate, low, high = row["estimate"], row["ci_low"], row["ci_high"]
+    if pd.isna(estimate):
+        return "–"
+    if pd.isna(low) or pd.isna(high):
+        return f"{estimate:+.1f}"
+    return f"{estimate:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+def format_over(row: pd.Series | dict) -> str:
+    """"3 seeds", "1 task", or "–" when nothing was paired."""
+    n, unit = int(row["n"]), str(row["n_of"])
+    return "–" if n == 0 else f"{n} {unit if n > 1 else unit.rstrip('s')}"
+
+
+def format_paper(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:+.1f}"
+
+
+def claims_markdown(claims: pd.DataFrame, settings: ClaimSettings, notice: str = "") -> str:
+    """claims.md: the pooled verdicts first, then every task × model × budget."""
+    level = f"{settings.level * 100:g}%"
+    lines = ["# The paper's claims", ""]
+    if notice:
+        lines += [f"**{notice}**", ""]
+    lines += [f"Differences in points of the task's primary metric, seed-paired; {level} Student-t interval in "
+              "brackets. Per task × model × budget the interval is over seeds; the pooled row averages each task's "
+              f"settings and takes the interval over tasks. Speed–accuracy claims use the {settings.exit_rule} "
+              f"exit rule; fast = speedups ≥ {settings.fast_speedup:g}×, slow = ≤ {settings.slow_speedup:g}×, "
+              f"comparable = within ± {settings.margin:g} point.", ""]
+    pooled = claims[claims["scope"] == "pooled"]
+    lines += ["| Claim | Statement | Paper | Estimate [interval] | Over | Verdict |",
+              "|:---|:---|---:|---:|---:|:---|"]
+    for _, row in pooled.iterrows():
+        lines.append(f"| {row['claim']} | {row['statement']} | {format_paper(row['paper'])} | "
+                     f"{format_estimate(row)} | {format_over(row)} | **{row['verdict']}** |")
+    settings_rows = claims[claims["scope"] == "setting"]
+    if not settings_rows.empty:
+        lines += ["", "## Per task, model and budget", "",
+                  "| Claim | Task | Model | Budget | Comparison | Estimate [interval] | Seeds | Verdict |",
+                  "|:---|:---|:---|---:|:---|---:|---:|:---|"]
+        for _, row in settings_rows.iterrows():
+            lines.append(f"| {row['claim']} | {row['task']} | {row['model']} | {row['budget']} | "
+                         f"{row['comparison'].replace('-', '−')} | {format_estimate(row)} | {row['n']} | "
+                         f"{row['verdict']} |")
+    return "\n".join(lines) + "\n"

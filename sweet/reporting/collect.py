@@ -1,0 +1,191 @@
+"""The per-run CSVs of a set of runs, concatenated into tidy frames, and where every run stands.
+
+Everything downstream (statistics, tables, claims, figures, report) reads these frames or the tables written from
+them, never a model: tables can be rebuilt from ``results/`` alone, and from a partly finished grid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sweet.errors import UserError
+from sweet.reporting.runs import RunStatus, run_status
+
+RUN_KEYS = ["task", "model", "budget", "method", "seed"]
+GROUP_KEYS = ["task", "model", "budget"]  # a setting: one speed–accuracy figure, one block of a table
+CURVE_COLUMNS = [*RUN_KEYS, "strategy", "threshold", "score", "metric", "speedup", "layer_fraction", "flops_fraction"]
+EXIT_COLUMNS = [*RUN_KEYS, "exit", "exit_layer", "score", "metric"]
+CONFLICT_COLUMNS = [*RUN_KEYS, "step", "block", "exit", "other", "cosine"]
+RUN_COLUMNS = [*RUN_KEYS, "status", "stopped_at", "log", "detail", "git_commit", "torch", "transformers", "run"]
+STRING_COLUMNS = {"task": str, "model": str, "method": str, "metric": str, "strategy": str, "other": str,
+                  "status": str, "stopped_at": str, "log": str, "detail": str, "git_commit": str, "run": str}
+METHOD_ORDER = ["ee", "sweet", "mm"]
+DISPLAY = {"ee": "EE", "sweet": "SWEET", "mm": "MM"}
+_RUN_PATH = re.compile(r"^b(?P<budget>\d+)/(?P<method>[^/]+)/s(?P<seed>\d+)$")
+
+
+def display_name(method: str) -> str:
+    return DISPLAY.get(method, method)
+
+
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def methods_in_order(methods: Iterable[str]) -> list[str]:
+    return sorted(set(methods), key=lambda m: (method_rank(m), m))
+
+
+def sort_frame(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Deterministic order: the paper's method order (EE, SWEET, MM), everything else by value."""
+    keys = [k for k in keys if k in frame.columns]
+    if frame.empty or not keys:
+        return frame.reset_index(drop=True)
+
+    def key(col: pd.Series) -> pd.Series:
+        if col.name == "method":
+            return col.map(lambda m: f"{method_rank(m):03d}{m}")
+        if col.name == "other":
+            # later exit indices numerically, then their sum
+            return col.map(lambda o: "1" if str(o) == "sum" else f"0{int(float(o)):06d}")
+        return col
+
+    return frame.sort_values(list(keys), key=key, kind="mergesort").reset_index(drop=True)
+
+
+def empty_frame(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV that `aggregate` wrote (identity columns kept as strings, "other" exits as "2", "sum")."""
+    frame = pd.read_csv(path, dtype=STRING_COLUMNS, keep_default_na=True)
+    if "other" in frame.columns:
+        frame["other"] = frame["other"].astype(str).str.replace(r"\.0$", "", regex=True)
+    return frame
+
+
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Collected:
+    """Every finished run's rows, and one status row per run given (finished or not)."""
+
+    curves: pd.DataFrame
+    exits: pd.DataFrame
+    conflict: pd.DataFrame
+    runs: pd.DataFrame
+
+    @property
+    def missing(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] != "finished"]
+
+
+def discover_runs(root: str | Path) -> list[Path]:
+    """Run folders under ``root``: any folder holding a run output or its ``splits.json`` (a started run)."""
+    root = Path(root)
+    found = {p.parent for name in ("curves.csv", "individual_exits.csv", "splits.json") for p in root.rglob(name)}
+    return sorted(found, key=str)
+
+
+def collect(
+    run_dirs: Iterable[str | Path], logs_root: str | Path | None = None, model_names: dict[str, str] | None = None
+) -> Collected:
+    """Concatenate the finished runs' CSVs; say for every run whether it finished and, if not, why.
+
+    ``logs_root`` is where the steps' logs are (results/logs beside results/runs by default); ``model_names``
+    maps model folder names back to configuration names (microsoft--deberta-base → microsoft/deberta-base) for
+    runs that left no CSV to read them from. Frames are sorted by run identity, so the result does not depend on
+    the order the folders were given in.
+    """
+    dirs = sorted({Path(d) for d in run_dirs}, key=str)
+    curves, exits, conflicts, statuses = [], [], [], []
+    for run in dirs:
+        status = run_status(run, logs_root)
+        identity = _identity_from_path(run, model_names or {})
+        if status.finished:
+            run_exits = _read_run_csv(run / "individual_exits.csv", EXIT_COLUMNS)
+            curves.append(_read_run_csv(run / "curves.csv", CURVE_COLUMNS))
+            exits.append(run_exits)
+            conflict_path = run / "gradient_conflict.csv"
+            if conflict_path.is_file():
+                conflicts.append(_read_run_csv(conflict_path, CONFLICT_COLUMNS))
+            if not run_exits.empty:
+                identity = {k: run_exits[k].iloc[0] for k in RUN_KEYS}
+        statuses.append(_status_row(run, status, identity))
+    curves_df = _concat(curves, CURVE_COLUMNS)
+    exits_df = _concat(exits, EXIT_COLUMNS)
+    conflict_df = _concat(conflicts, CONFLICT_COLUMNS)
+    _check_unique(exits_df, [*RUN_KEYS, "exit"], "individual_exits.csv")
+    if not conflict_df.empty:
+        conflict_df["other"] = conflict_df["other"].astype(str).str.replace(r"\.0$", "", regex=True)
+    runs_df = pd.DataFrame(statuses, columns=RUN_COLUMNS) if statuses else empty_frame(RUN_COLUMNS)
+    return Collected(
+        curves=sort_frame(curves_df, [*RUN_KEYS, "strategy", "threshold", "speedup"]),
+        exits=sort_frame(exits_df, [*RUN_KEYS, "exit"]),
+        conflict=sort_frame(conflict_df, [*RUN_KEYS, "step", "block", "other"]),
+        runs=runs_df,  # by folder
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _read_run_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype=STRING_COLUMNS, keep_default_na=True)
+    absent = [c for c in required if c not in frame.columns]
+    if absent:
+        raise UserError(f"{path}: missing column(s) {', '.join(absent)}; rerun the stage that writes it")
+    return frame
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return empty_frame(columns)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _check_unique(frame: pd.DataFrame, keys: list[str], name: str) -> None:
+    if frame.empty:
+        return
+    dup = frame[frame.duplicated(keys, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        ident = " ".join(f"{k}={first[k]}" for k in RUN_KEYS)
+        raise UserError(
+            f"{name}: the run {ident} appears in more than one run folder; pass each run once (check --runs)"
+        )
+
+
+def _identity_from_path(run: Path, model_names: dict[str, str]) -> dict:
+    """task/model/b<budget>/<method>/s<seed> from the folder's last five parts (blank when it is laid out
+    otherwise)."""
+    parts = run.parts[-5:]
+    match = _RUN_PATH.match("/".join(parts[2:])) if len(parts) == 5 else None
+    if match is None:
+        return dict.fromkeys(RUN_KEYS, "")
+    return {"task": parts[0], "model": model_names.get(parts[1], parts[1]), "budget": int(match["budget"]),
+            "method": match["method"], "seed": int(match["seed"])}
+
+
+def _status_row(run: Path, status: RunStatus, identity: dict) -> dict:
+    provenance = _provenance(run) if status.finished else {}
+    versions = provenance.get("versions") or {}
+    return {**identity, "status": status.status, "stopped_at": status.step, "log": status.log, "detail": status.detail,
+            "git_commit": provenance.get("git_commit", ""), "torch": versions.get("torch") or "",
+            "transformers": versions.get("transformers") or "", "run": run.as_posix()}
+
+
+def _provenance(run: Path) -> dict:
+    """Library versions and git commit from the run's training record (MM: its first member's)."""
+    for record in (run / "train_metrics.json", run / "members" / "member_1.json"):
+        if record.is_file():
+            try:
+                return json.loads(record.read_text()).get("provenance") or {}
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}

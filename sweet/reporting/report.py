@@ -1,0 +1,245 @@
+"""``results/<grid>/report.html``: a grid's results, laid out as a paper's results section.
+
+The first page says what the grid is, what ran (and, for a partial grid, which runs are missing and why) and
+whether each of the paper's claims reproduced. Then one section per kind of result, each opened by what the
+paper claims about it, with the tables and the figures (and the captions written with them, from
+``figures/index.json``). A section with nothing to show is left out. One self-contained, byte-reproducible file:
+the PNG figures are embedded, nothing is timestamped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup, escape
+
+from sweet.io import write_text
+from sweet.reporting.claims import format_estimate, format_over, format_paper
+from sweet.reporting.collect import GROUP_KEYS, display_name, methods_in_order, read_table
+from sweet.reporting.tables import exit_table_blocks
+
+TEMPLATE = "report.html.j2"
+VERDICT_CLASS = {"reproduced": "good", "contradicted": "bad"}
+MISSING_SHOWN = 20  # missing runs listed on the first page; all of them are in tables/missing_runs.txt
+CLAIMS_METHOD = ("Each claim compares two methods, paired by seed (same training subset and initial weights). "
+                 "Differences are in points of the task's primary metric. Per task × model × budget the estimate "
+                 "is the mean over seeds with a {level} Student-t interval; the pooled row (above) averages each "
+                 "task's settings and takes the interval over tasks. A claim is reproduced when its interval lies "
+                 "on the paper's side of 0 (for “comparable”: inside the margin), contradicted when it lies on the "
+                 "other side, and inconclusive otherwise; with one seed there is no interval, hence no verdict.")
+
+
+def make_report(tables_dir: str | Path, figures_dir: str | Path, out: str | Path) -> Path:
+    """Write the report of the grid whose tables and figures are given; returns its path."""
+    tables, figures, out = Path(tables_dir), Path(figures_dir), Path(out)
+    grid = json.loads((tables / "grid.json").read_text()) if (tables / "grid.json").is_file() else {}
+    runs = read_table(tables / "runs.csv")
+    status = (tables / "status.txt").read_text().strip()
+    claims = read_table(tables / "claims.csv")
+    index = json.loads((figures / "index.json").read_text())
+    figure_list = [_figure(entry, figures, out.parent) for entry in index["figures"]]
+
+    context = {
+        "title": f"SWEET reproduction: grid “{grid['name']}”" if grid.get("name") else "SWEET reproduction",
+        "status": status,
+        "partial": status.startswith("PARTIAL"),
+        "grid_rows": _grid_rows(grid, runs),
+        "ran": _html(_what_ran(runs)),
+        "missing": _first_lines((tables / "missing_runs.txt").read_text().splitlines()),
+        "provenance": _provenance(runs),
+        "claims": _claim_rows(claims[claims["scope"] == "pooled"]),
+        "claims_method": CLAIMS_METHOD.format(level=_level(claims)),
+        "level": _level(claims),
+        "sections": _sections(tables, claims, figure_list, index.get("strategy", "confidence")),
+    }
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("sweet.reporting", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    write_text(out, environment.get_template(TEMPLATE).render(**context))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# first page
+
+
+def _grid_rows(grid: dict, runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, value) rows describing the grid; from grid.json, or from the runs when it is absent."""
+    if not grid:
+        return [("runs", str(len(runs)))]
+    models = ", ".join(f"{m} (exits after layers {', '.join(map(str, grid['exit_layers'][m]))})"
+                       for m in grid["models"])
+    rows = [("tasks", ", ".join(grid["tasks"])), ("models", models),
+            ("training budgets", ", ".join(f"{b:,}" for b in grid["budgets"])),
+            ("methods", ", ".join(display_name(m) for m in methods_in_order(grid["methods"]))),
+            ("seeds", ", ".join(map(str, grid["seeds"]))),
+            ("runs", f"{len(runs)} (tasks × models × budgets × methods × seeds)")]
+    for model, spec in grid["training"].items():
+        keys = ("learning_rate", "batch_size", "epochs", "max_length")
+        rows.append((f"training, {model}", ", ".join(f"{k.replace('_', ' ')} {spec[k]}" for k in keys if k in spec)))
+    calibration = ("the evaluation set (the reference's protocol)" if grid.get("calibrate_on") == "eval" else
+                   f"{grid.get('calibration_size')} unused training examples")
+    rows.append(("temperature scaling on", calibration))
+    return rows
+
+
+def _what_ran(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished seeds / seeds of the grid, per task × model × budget and method."""
+    if runs.empty:
+        return pd.DataFrame()
+    frame = runs.assign(finished=runs["status"] == "finished")
+    counts = frame.groupby([*GROUP_KEYS, "method"], sort=False).agg(done=("finished", "sum"), of=("seed", "size"))
+    counts["cell"] = [f"{d} / {o}" for d, o in zip(counts["done"], counts["of"])]
+    table = counts["cell"].unstack("method")
+    table = table[methods_in_order(table.columns)].fillna("–")
+    table.columns = [display_name(m) for m in table.columns]
+    return table.reset_index()
+
+
+def _first_lines(lines: list[str], shown: int = MISSING_SHOWN) -> list[str]:
+    if len(lines) <= shown:
+        return lines
+    return [*lines[:shown], f"… and {len(lines) - shown} more, listed in tables/missing_runs.txt"]
+
+
+def _provenance(runs: pd.DataFrame) -> str:
+    finished = runs[(runs["status"] == "finished") & runs["git_commit"].fillna("").ne("")]
+    if finished.empty:
+        return ""
+    commits = finished["git_commit"].value_counts().sort_index()
+    versions = finished[["torch", "transformers"]].fillna("").drop_duplicates()
+    libs = "; ".join(f"torch {t}, transformers {x}" for t, x in versions.itertuples(index=False))
+    if len(commits) == 1:
+        return f"Every finished run was trained at commit {commits.index[0]} ({libs})."
+    listed = ", ".join(f"{c} ({n} runs)" for c, n in commits.items())
+    return f"The finished runs come from {len(commits)} commits: {listed} ({libs})."
+
+
+def _level(claims: pd.DataFrame) -> str:
+    return f"{claims['level'].iloc[0] * 100:g}%" if not claims.empty else "95%"
+
+
+def _claim_rows(pooled: pd.DataFrame) -> list[dict]:
+    return [{"claim": r["claim"], "statement": r["statement"], "paper": format_paper(r["paper"]),
+             "estimate": format_estimate(r), "over": format_over(r),
+             "verdict": r["verdict"], "class": VERDICT_CLASS.get(r["verdict"], "open")}
+            for _, r in pooled.iterrows()]
+
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# result sections
+
+
+def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strategy: str) -> list[dict]:
+    by_section: dict[str, list[dict]] = {}
+    for figure in figure_list:
+        by_section.setdefault(figure["section"], []).append(figure)
+    sections = []
+    per_setting = claims[claims["scope"] == "setting"]
+    if not per_setting.empty:
+        sections.append({"title": "The claims, per task, model and budget", "intro": [],
+                         "tables": [_html(_claims_table(per_setting))], "figures": []})
+    exits = read_table(tables / "individual_exits.csv")
+    if not exits.empty or "individual_exits" in by_section:
+        blocks = [_html(_exit_block(header, rows), caption=f"{task} · {model} · budget {budget} — {metric}; "
+                        "mean ± std over seeds")
+                  for (task, model, budget), metric, header, rows in exit_table_blocks(exits)]
+        sections.append({"title": "Individual exits", "intro": [
+            _claim_text("1", "2", claims),
+            "Each exit answers every evaluation example alone. EE's exits share the backbone, so the later exits' "
+            "gradients pull the early layers away from what the early exits need; MM's members and SWEET's blocks "
+            "learn from their own exit only. The paper finds both above EE, most clearly at the early exits."],
+            "tables": blocks, "figures": by_section.get("individual_exits", [])})
+    if "speed_accuracy" in by_section:
+        auc = read_table(tables / "auc_summary.csv")
+        sections.append({"title": "Speed–accuracy trade-off", "intro": [
+            _claim_text("3-fast-ee", "3-fast-mm", claims), _claim_text("3-slow", "4", claims),
+            f"Curves use the {strategy} exit rule unless a panel says otherwise; the table gives each method's mean "
+            "score over the speedup range all methods share (normalised AUC)."],
+            "tables": [_html(_auc_table(auc, strategy), caption="Normalised AUC: mean score over the speedup range "
+                             "shared by every method and seed; mean ± std over seeds")] if not auc.empty else [],
+            "figures": by_section["speed_accuracy"]})
+    if "gradient_conflict" in by_section:
+        sections.append({"title": "Gradient conflict", "intro": [
+            "The paper's explanation of EE's weaker exits: during EE fine-tuning the later exits' gradients point "
+            "against the earlier exits' on the layers they share. Negative cosines below are that conflict; SWEET "
+            "removes it by letting each block learn from its own exit only."],
+            "tables": [], "figures": by_section["gradient_conflict"]})
+    sections.append({"title": "How the numbers are computed", "intro": [
+        "Every score is computed from one batched pass that stores every exit's logits for every evaluation "
+        "example, with per-exit temperatures fitted on a calibration split (never on the evaluation set): each "
+        "threshold of each exit rule follows exactly from the stored logits.",
+        "Speedup = the full model's layers ÷ the layers run, averaged over examples (the paper's accounting; MM "
+        "pays for every member it runs). A seed's curve is its Pareto front, interpolated linearly in speedup and "
+        "never extrapolated; a speed range's score is the curve's mean over it (normalised AUC).",
+        "All method differences are paired by seed, with Student-t intervals: with 2–5 seeds a bootstrap interval "
+        "covers far less than it claims."], "tables": [], "figures": []})
+    return sections
+
+
+def _claim_text(first: str, second: str, claims: pd.DataFrame) -> str:
+    pooled = claims[claims["scope"] == "pooled"].set_index("claim")
+    parts = []
+    for claim_id in (first, second):
+        if claim_id in pooled.index:
+            row = pooled.loc[claim_id]
+            parts.append(f"Claim {claim_id}: {row['statement']} — {format_estimate(row)} points, {row['verdict']}.")
+    return " ".join(parts)
+
+
+def _claims_table(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "claim": rows["claim"], "task": rows["task"], "model": rows["model"], "budget": rows["budget"],
+        "comparison": rows["comparison"].str.replace("-", "−"),
+        f"estimate [{_level(rows)} interval], points": [format_estimate(r) for _, r in rows.iterrows()],
+        "seeds": rows["n"], "verdict": rows["verdict"]})
+
+
+def _exit_block(header: list[str], rows: list[list[str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=header)
+
+
+def _auc_table(auc: pd.DataFrame, strategy: str) -> pd.DataFrame:
+    auc = auc[auc["strategy"] == strategy]
+    scale = 100.0 if auc["auc_mean"].abs().max() <= 1.0 else 1.0
+    cells = [f"{m * scale:.1f}" + ("" if pd.isna(s) else f" ± {s * scale:.1f}")
+             for m, s in zip(auc["auc_mean"], auc["auc_std"])]
+    table = auc.assign(cell=cells, range=[f"{lo:.2g}–{hi:.2g}×" for lo, hi in zip(auc["speedup_min"],
+                                                                                 auc["speedup_max"])])
+    wide = table.pivot_table(index=[*GROUP_KEYS, "range"], columns="method", values="cell", aggfunc="first",
+                             sort=False)
+    wide = wide[methods_in_order(wide.columns)]
+    wide.columns = [display_name(m) for m in wide.columns]
+    return wide.reset_index().rename(columns={"range": "shared speedups"})
+
+
+def _html(frame: pd.DataFrame, caption: str = "") -> str:
+    if frame.empty:
+        return ""
+    html = frame.to_html(index=False, na_rep="–", border=0, classes="numbers")
+    if caption:
+        html = html.replace("<thead>", f"<caption>{escape(caption)}</caption>\n  <thead>", 1)
+    return Markup(html)
+
+
+def _figure(entry: dict, figures: Path, report_dir: Path) -> dict:
+    """A figure of the index, with its PNG embedded (or, without a PNG, a link to its first file)."""
+    pngs = [f for f in entry["files"] if f.endswith(".png")]
+    source = ""
+    if pngs:
+        source = "data:image/png;base64," + base64.b64encode((figures / pngs[0]).read_bytes()).decode("ascii")
+    link = Path(os.path.relpath(figures / entry["files"][0], report_dir)).as_posix()
+    return {"section": entry["section"], "src": source, "link": link, "caption": entry["caption"]}
+

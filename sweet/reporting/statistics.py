@@ -1,0 +1,325 @@
+"""The numbers behind the tables and claims: per-exit summaries, scores at fixed speedups, normalised AUC, and
+seed-paired method differences with Student-t intervals.
+
+Choices that shape the numbers (the README's output section and the report's notes say the same):
+
+* **Score at a fixed speedup.** A seed's curve is a cloud of (speedup, score) operating points, one per threshold.
+  We keep its Pareto front (no other threshold is at least as fast and strictly better) and interpolate linearly
+  in speedup between front points. Below the front's slowest point (but still inside the curve's speedup range)
+  the value is the front's best score, since that score is reachable at a higher speedup. Outside the curve's
+  speedup range the value is NaN: we never extrapolate. Mean and sample std (ddof=1; NaN for one seed) are over
+  the seeds whose value is defined.
+* **AUC.** The same per-seed function, integrated over a speedup range and divided by its width: a mean score.
+  ``auc_summary`` uses the range shared by *every* method and seed of a task × model × budget × exit rule, so
+  methods are compared on the same speedups and paired across seeds. The ``oracle`` strategy is one point per
+  run, so it has no AUC or interpolated score; ``oracle_summary`` summarises it.
+* **Intervals.** Differences between methods are paired by seed (same training subset, same initial weights)
+  and summarised by their mean and a Student-t interval, mean ± t(n−1) · sd / √n. With the 2–5 seeds a grid
+  affords, a percentile bootstrap covers far less than its nominal 95% (with 2 seeds it is the range of the two
+  differences); the t interval is wide when it should be, and exact on hand-made numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sweet.reporting.collect import GROUP_KEYS, RUN_KEYS, display_name, empty_frame, sort_frame
+
+PAIRS = [("sweet", "ee"), ("mm", "ee"), ("sweet", "mm")]
+DEFAULT_SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
+LEVEL = 0.95
+
+
+def points_scale(*scores: pd.Series) -> float:
+    """Scores stored as fractions are reported in points (×100, the paper's convention); others as they are."""
+    values = pd.concat([s.dropna().abs() for s in scores]) if scores else pd.Series(dtype=float)
+    return 100.0 if values.empty or values.max() <= 1.0 else 1.0
+
+
+def t_interval(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)`` of the finite values: the two-sided Student-t interval of their mean. With one
+    value the bounds are NaN; with none, everything is."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(v.mean())
+    if n == 1:
+        return mean, float("nan"), float("nan"), 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(v.std(ddof=1)) / np.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float, int]:
+    v = values.dropna()
+    return (float(v.mean()) if len(v) else float("nan"), float(v.std()) if len(v) > 1 else float("nan"), len(v))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# individual exits
+
+
+def individual_exits_summary(exits_df: pd.DataFrame) -> pd.DataFrame:
+    """Mean/std over seeds of each exit's own score, and the seed-paired difference to EE at the same exit."""
+    columns = [*GROUP_KEYS, "method", "exit", "exit_layer", "metric", "score_mean", "score_std", "n_seeds",
+               "delta_vs_ee", "n_paired"]
+    if exits_df.empty:
+        return empty_frame(columns)
+    keys = [*GROUP_KEYS, "method", "exit"]
+    summary = (
+        exits_df.groupby(keys, sort=False)
+        .agg(exit_layer=("exit_layer", "first"), metric=("metric", "first"), score_mean=("score", "mean"),
+             score_std=("score", "std"), n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
+    ee = exits_df[exits_df["method"] == "ee"][[*GROUP_KEYS, "exit", "seed", "score"]].rename(
+        columns={"score": "ee_score"}
+    )
+    paired = exits_df.merge(ee, on=[*GROUP_KEYS, "exit", "seed"], how="inner")
+    paired["delta"] = paired["score"] - paired["ee_score"]
+    deltas = (
+        paired.groupby(keys, sort=False)
+        .agg(delta_vs_ee=("delta", "mean"), n_paired=("seed", "nunique"))
+        .reset_index()
+    )
+    summary = summary.merge(deltas, on=keys, how="left")
+    summary["n_paired"] = summary["n_paired"].fillna(0).astype(int)
+    return sort_frame(summary[columns], keys)
+
+
+def exit_average_per_seed(exits_df: pd.DataFrame, early_only: bool = False) -> pd.DataFrame:
+    """Per run: the mean of its exits' own scores (the paper's "average" row); ``early_only`` leaves out the last
+    exit (the full model for EE and SWEET, the largest member for MM)."""
+    frame = exits_df
+    if early_only and not frame.empty:
+        last = frame.groupby(RUN_KEYS, sort=False)["exit"].transform("max")
+        frame = frame[frame["exit"] < last]
+    if frame.empty:
+        return empty_frame([*RUN_KEYS, "score"])
+    return frame.groupby(RUN_KEYS, sort=False).agg(score=("score", "mean")).reset_index()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# curves: Pareto front, interpolation, AUC
+
+
+def pareto_front(speedup: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Operating points no other point beats (at least as fast and strictly better), by increasing speedup."""
+    speedup = np.asarray(speedup, dtype=np.float64)
+    score = np.asarray(score, dtype=np.float64)
+    ok = np.isfinite(speedup) & np.isfinite(score)
+    x, y = speedup[ok], score[ok]
+    if x.size == 0:
+        return x, y
+    order = np.lexsort((-y, -x))  # fastest first; among equal speedups the best score first
+    keep, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            keep.append(i)
+            best = y[i]
+    keep = np.asarray(keep[::-1])
+    return x[keep], y[keep]
+
+
+def interpolate_curve(speedup: np.ndarray, score: np.ndarray, at: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A seed's score at speedups ``at``: linear on its Pareto front, NaN outside its speedup range."""
+    speedup = np.asarray(speedup, dtype=np.float64)
+    at = np.asarray(at, dtype=np.float64)
+    finite = speedup[np.isfinite(speedup) & np.isfinite(np.asarray(score, dtype=np.float64))]
+    out = np.full(at.shape, np.nan)
+    if finite.size == 0:
+        return out
+    xs, ys = pareto_front(speedup, score)
+    lo, hi = float(finite.min()), float(finite.max())
+    tol = 1e-9 * max(1.0, abs(hi))
+    inside = (at >= lo - tol) & (at <= hi + tol)
+    # np.interp holds the first value constant on the left, which is the documented left extension
+    out[inside] = np.interp(at[inside], xs, ys)
+    return out
+
+
+def curve_auc(speedup: np.ndarray, score: np.ndarray, lo: float, hi: float) -> float:
+    """Mean score over [lo, hi] of the interpolated curve (exact for the piecewise-linear front); NaN if empty."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return float("nan")
+    xs, _ = pareto_front(speedup, score)
+    knots = np.unique(np.concatenate([[lo, hi], xs[(xs > lo) & (xs < hi)]]))
+    values = interpolate_curve(speedup, score, knots)
+    if np.isnan(values).any():
+        return float("nan")
+    area = float(np.sum((knots[1:] - knots[:-1]) * (values[1:] + values[:-1]) / 2.0))
+    return area / (hi - lo)
+
+
+def curves_without_oracle(curves_df: pd.DataFrame) -> pd.DataFrame:
+    return curves_df[curves_df["strategy"] != "oracle"]
+
+
+def speedup_per_seed(curves_df: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEEDUPS) -> pd.DataFrame:
+    """One row per run × exit rule × fixed speedup: that seed's interpolated score (NaN outside its range)."""
+    rows = []
+    for key, run in curves_without_oracle(curves_df).groupby([*RUN_KEYS, "strategy"], sort=False):
+        values = interpolate_curve(run["speedup"].to_numpy(), run["score"].to_numpy(), list(speedups))
+        for s, v in zip(speedups, values):
+            rows.append({**dict(zip([*RUN_KEYS, "strategy"], key)), "metric": run["metric"].iloc[0],
+                         "speedup": float(s), "score": float(v)})
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, "strategy", "metric", "speedup", "score"])
+
+
+def speedup_summary(curves_df: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEEDUPS) -> pd.DataFrame:
+    """Score at fixed speedups: interpolated on each seed's curve, then mean/std over the seeds where defined."""
+    per_seed = speedup_per_seed(curves_df, speedups)
+    keys = [*GROUP_KEYS, "method", "strategy", "speedup"]
+    rows = []
+    for key, group in per_seed.groupby(keys, sort=False):
+        mean, std, n = _mean_std(group["score"])
+        rows.append({**dict(zip(keys, key)), "metric": group["metric"].iloc[0], "score_mean": mean,
+                     "score_std": std, "n_seeds": n, "n_runs": group["seed"].nunique()})
+    columns = [*keys, "metric", "score_mean", "score_std", "n_seeds", "n_runs"]
+    return sort_frame(pd.DataFrame(rows, columns=columns), keys)
+
+
+def shared_ranges(curves_df: pd.DataFrame) -> pd.DataFrame:
+    """Per task × model × budget × exit rule: the speedup range every method and seed covers."""
+    curves = curves_without_oracle(curves_df)
+    per_run = curves.groupby([*RUN_KEYS, "strategy"], sort=False)["speedup"].agg(["min", "max"]).reset_index()
+    return (
+        per_run.groupby([*GROUP_KEYS, "strategy"], sort=False)
+        .agg(speedup_min=("min", "max"), speedup_max=("max", "min"))
+        .reset_index()
+    )
+
+
+def auc_per_seed(curves_df: pd.DataFrame, lowest: float | None = None, highest: float | None = None) -> pd.DataFrame:
+    """Per run × exit rule: the normalised AUC over its setting's shared speedup range, optionally narrowed to
+    [``lowest``, ``highest``] (claim 3's fast and slow regions). NaN where the narrowed range is empty."""
+    columns = [*RUN_KEYS, "strategy", "metric", "auc", "speedup_min", "speedup_max"]
+    curves = curves_without_oracle(curves_df)
+    if curves.empty:
+        return pd.DataFrame(columns=columns)
+    ranges = shared_ranges(curves).set_index([*GROUP_KEYS, "strategy"])
+    rows = []
+    for key, run in curves.groupby([*RUN_KEYS, "strategy"], sort=False):
+        ident = dict(zip([*RUN_KEYS, "strategy"], key))
+        lo, hi = (float(v) for v in ranges.loc[tuple(ident[k] for k in [*GROUP_KEYS, "strategy"])])
+        lo = lo if lowest is None else max(lo, lowest)
+        hi = hi if highest is None else min(hi, highest)
+        auc = curve_auc(run["speedup"].to_numpy(), run["score"].to_numpy(), lo, hi)
+        rows.append({**ident, "metric": run["metric"].iloc[0], "auc": auc, "speedup_min": lo, "speedup_max": hi})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def auc_summary(curves_df: pd.DataFrame) -> pd.DataFrame:
+    """Normalised area under score-vs-speedup over the range shared by all methods (and seeds) of a group."""
+    per_seed = auc_per_seed(curves_df)
+    keys = [*GROUP_KEYS, "method", "strategy"]
+    rows = []
+    for key, group in per_seed.groupby(keys, sort=False):
+        mean, std, n = _mean_std(group["auc"])
+        rows.append({**dict(zip(keys, key)), "metric": group["metric"].iloc[0], "auc_mean": mean, "auc_std": std,
+                     "speedup_min": group["speedup_min"].iloc[0], "speedup_max": group["speedup_max"].iloc[0],
+                     "n_seeds": n})
+    columns = [*keys, "metric", "auc_mean", "auc_std", "speedup_min", "speedup_max", "n_seeds"]
+    return sort_frame(pd.DataFrame(rows, columns=columns), keys)
+
+
+def oracle_summary(curves_df: pd.DataFrame) -> pd.DataFrame:
+    """The oracle point (each example at its earliest correct exit): the headroom no exit rule can beat."""
+    keys = [*GROUP_KEYS, "method"]
+    columns = [*keys, "metric", "score_mean", "score_std", "speedup_mean", "speedup_std", "n_seeds"]
+    oracle = curves_df[curves_df["strategy"] == "oracle"]
+    rows = []
+    for key, group in oracle.groupby(keys, sort=False):
+        s_mean, s_std, n = _mean_std(group["score"])
+        x_mean, x_std, _ = _mean_std(group["speedup"])
+        rows.append({**dict(zip(keys, key)), "metric": group["metric"].iloc[0], "score_mean": s_mean,
+                     "score_std": s_std, "speedup_mean": x_mean, "speedup_std": x_std, "n_seeds": n})
+    return sort_frame(pd.DataFrame(rows, columns=columns), keys)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# seed-paired differences
+
+
+def paired_seed_differences(values: pd.DataFrame, value: str, a: str, b: str) -> pd.Series:
+    """Per seed present for both methods: ``a``'s value minus ``b``'s (``values`` holds one setting)."""
+    wide = values.pivot_table(index="seed", columns="method", values=value, aggfunc="first")
+    if a not in wide.columns or b not in wide.columns:
+        return pd.Series(dtype=float)
+    return (wide[a] - wide[b]).dropna()
+
+
+def _paired_rows(values: pd.DataFrame, value: str, extra: dict, level: float) -> list[dict]:
+    """For each setting and each method pair: the seed-paired mean difference and its t interval."""
+    rows = []
+    for key, group in values.groupby(GROUP_KEYS, sort=False):
+        for a, b in PAIRS:
+            d = paired_seed_differences(group, value, a, b)
+            if d.empty and not ({a, b} <= set(group["method"])):
+                continue
+            mean, low, high, n = t_interval(d.to_numpy(), level)
+            rows.append({**dict(zip(GROUP_KEYS, key)), **extra, "comparison": f"{display_name(a)}-{display_name(b)}",
+                         "method_a": a, "method_b": b, "diff_mean": mean, "ci_low": low, "ci_high": high,
+                         "n_seeds": n})
+    return rows
+
+
+PAIRWISE_COLUMNS = [*GROUP_KEYS, "strategy", "measure", "speedup", "exit", "comparison", "method_a", "method_b",
+                    "diff_mean", "ci_low", "ci_high", "n_seeds"]
+
+
+def pairwise_differences(
+    curves_df: pd.DataFrame,
+    exits_df: pd.DataFrame | None = None,
+    speedups: Sequence[float] = DEFAULT_SPEEDUPS,
+    level: float = LEVEL,
+) -> pd.DataFrame:
+    """SWEET−EE, MM−EE, SWEET−MM: seed-paired mean difference and its Student-t interval (NaN with one seed).
+
+    ``measure`` is ``score_at_speedup`` (``speedup`` set), ``auc`` (per exit rule), ``exit`` (an individual exit,
+    ``exit`` set; strategy empty) or ``exit_average`` (the mean over exits, the paper's headline per-exit gain).
+    """
+    rows: list[dict] = []
+    at_speed = speedup_per_seed(curves_df, speedups)
+    for (strategy, s), part in at_speed.groupby(["strategy", "speedup"], sort=False):
+        rows += _paired_rows(part, "score", {"strategy": strategy, "measure": "score_at_speedup", "speedup": s}, level)
+    for strategy, part in auc_per_seed(curves_df).groupby("strategy", sort=False):
+        rows += _paired_rows(part, "auc", {"strategy": strategy, "measure": "auc"}, level)
+    if exits_df is not None and not exits_df.empty:
+        for exit_index, part in exits_df.groupby("exit", sort=False):
+            rows += _paired_rows(part, "score", {"strategy": "", "measure": "exit", "exit": int(exit_index)}, level)
+        rows += _paired_rows(exit_average_per_seed(exits_df), "score", {"strategy": "", "measure": "exit_average"},
+                             level)
+    frame = pd.DataFrame(rows, columns=PAIRWISE_COLUMNS)
+    frame["comparison_rank"] = frame["comparison"].map(
+        {f"{display_name(a)}-{display_name(b)}": i for i, (a, b) in enumerate(PAIRS)})
+    frame = sort_frame(frame, [*GROUP_KEYS, "measure", "strategy", "speedup", "exit", "comparison_rank"])
+    return frame.drop(columns="comparison_rank")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# gradient conflict
+
+
+def gradient_conflict_summary(conflict_df: pd.DataFrame, by_step: bool = False) -> pd.DataFrame:
+    """Cosine between block k's own-exit gradient and each later exit's (or their sum's), pooled over seeds
+    (and over steps unless ``by_step``)."""
+    keys = [*GROUP_KEYS, "method", "block", "other"] + (["step"] if by_step else [])
+    columns = [*keys, "cosine_mean", "cosine_std", "n", "n_seeds"]
+    frame = conflict_df.dropna(subset=["cosine"]) if not conflict_df.empty else conflict_df
+    if frame.empty:
+        return empty_frame(columns)
+    frame = frame.assign(other=frame["other"].astype(str))
+    summary = (
+        frame.groupby(keys, sort=False)
+        .agg(cosine_mean=("cosine", "mean"), cosine_std=("cosine", "std"), n=("cosine", "size"),
+             n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
+    return sort_frame(summary[columns], [*GROUP_KEYS, "method", "block", "other", "step"])

@@ -1,0 +1,224 @@
+"""Reporting end to end on small synthetic run folders: where each run stands and why, a partial grid with one
+failed run, the report's first page, the grid whose runs finished last, and the package's layering."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_figures import write_fake_grid, write_fake_run
+
+from sweet.reporting.figures import make_figures
+from sweet.reporting.report import make_report
+from sweet.reporting.runs import grid_runs, last_finished_grid, run_status, runs_fingerprint
+from sweet.reporting.tables import aggregate
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["runs", "collect", "statistics", "claims", "tables", "figures", "report", "cli"]
+RUN = "synthetic/tiny-bert/b100/{method}/s{seed}"
+
+
+def spec(name: str = "g", methods=("ee", "sweet", "mm"), seeds=(1, 2)) -> dict:
+    return {"name": name, "tasks": ["synthetic"], "models": ["tiny-bert"], "budgets": [100], "methods": list(methods),
+            "seeds": list(seeds), "exit_layers": {"tiny-bert": [1, 4, 6, 12]},
+            "training": {"tiny-bert": {"learning_rate": 0.001, "epochs": 8}}, "calibrate_on": "pool",
+            "calibration_size": 1000}
+
+
+def write_log(results: Path, step: str, run: str, text: str, member: int | None = None) -> Path:
+    path = results / "logs" / step / (f"{run}/member_{member}.log" if member else f"{run}.log")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ layering
+def test_reporting_modules_import_only_earlier_stages() -> None:
+    """collect → statistics → claims → tables → figures → report → cli, and nothing imports back up the flow."""
+    for position, name in enumerate(LAYERS):
+        tree = ast.parse((ROOT / "sweet" / "reporting" / f"{name}.py").read_text())
+        imported = {node.module.split(".")[2] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweet.reporting.")}
+        later = imported - set(LAYERS[:position])
+        assert not later, f"sweet/reporting/{name}.py imports {sorted(later)}, which come later in the flow"
+    # runs.py is read while Snakemake plans: standard library and sweet.config only
+    tree = ast.parse((ROOT / "sweet" / "reporting" / "runs.py").read_text())
+    modules = {n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(tree)
+               if isinstance(n, ast.Import | ast.ImportFrom) for a in (n.names if isinstance(n, ast.Import) else [n])}
+    assert modules <= {"__future__", "hashlib", "re", "dataclasses", "pathlib", "sweet.config"}, modules
+    assert not (ROOT / "sweet" / "aggregate.py").exists() and not (ROOT / "sweet" / "plots.py").exists()
+
+
+# ------------------------------------------------------------------------------------------------ run status
+def test_where_a_run_stands_and_why(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    run = lambda method, seed: results / "runs" / RUN.format(method=method, seed=seed)  # noqa: E731
+    write_fake_run(run("ee", 1), "synthetic", "tiny-bert", 100, "ee", 1)
+    assert run_status(run("ee", 1)).status == "finished"
+    assert run_status(run("ee", 2)).status == "never started"
+
+    # a user error in training: the `error:` line is the reason
+    run("sweet", 1).mkdir(parents=True)
+    (run("sweet", 1) / "splits.json").write_text("{}")
+    write_log(results, "split", RUN.format(method="sweet", seed=1), "wrote splits\n")
+    log = write_log(results, "train", RUN.format(method="sweet", seed=1), "step 1\nerror: --train-spec: bad lr\n")
+    status = run_status(run("sweet", 1))
+    assert (status.status, status.step, status.detail) == ("failed", "train", "error: --train-spec: bad lr")
+    assert status.log == log.as_posix()
+    assert status.describe().endswith(f"failed at train: error: --train-spec: bad lr (read {log.as_posix()})")
+
+    # a crash in an MM member: the traceback's last line, and which member
+    write_log(results, "train_member", RUN.format(method="mm", seed=1), "ok\n", member=1)
+    write_log(results, "train_member", RUN.format(method="mm", seed=1),
+              "Traceback (most recent call last):\n  File \"x\"\ntorch.OutOfMemoryError: CUDA out of memory\n", member=2)
+    status = run_status(run("mm", 1))
+    assert (status.status, status.step) == ("failed", "train (MM member 2)")
+    assert status.detail == "torch.OutOfMemoryError: CUDA out of memory"
+
+    # killed (or still running) after training: stopped at calibration, no error in any log
+    run("ee", 3).mkdir(parents=True)
+    for name in ("splits.json", "train_metrics.json"):
+        (run("ee", 3) / name).write_text("{}")
+    log = write_log(results, "calibrate", RUN.format(method="ee", seed=3), "calibrating\n")
+    status = run_status(run("ee", 3))
+    assert (status.status, status.step, status.log) == ("not finished", "calibrate", log.as_posix())
+    assert "still running, or killed" in status.describe()
+
+
+# ------------------------------------------------------------------------------------------------ partial grid
+@pytest.fixture(scope="module")
+def partial_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A grid of 6 runs: 5 finished, SWEET seed 2 failed in training."""
+    results = tmp_path_factory.mktemp("partial") / "results"
+    runs = grid_runs({"grids": {"g": spec()}}, "g", results.as_posix())
+    for path in runs:
+        method, seed = path.split("/")[-2], int(path.split("/")[-1][1:])
+        if (method, seed) != ("sweet", 2):
+            write_fake_run(Path(path), "synthetic", "tiny-bert", 100, method, seed)
+    failed = RUN.format(method="sweet", seed=2)
+    (results / "runs" / failed).mkdir(parents=True)
+    write_log(results, "train", failed, "Traceback (most recent call last):\nValueError: loss is nan\n")
+    aggregate(runs, results / "g" / "tables", spec())
+    make_figures(results / "g" / "tables", results / "g" / "figures", formats=("png",))
+    make_report(results / "g" / "tables", results / "g" / "figures", results / "g" / "report.html")
+    return results
+
+
+def test_partial_grid_is_marked_and_lists_the_missing_run(partial_grid: Path) -> None:
+    tables = partial_grid / "g" / "tables"
+    status = (tables / "status.txt").read_text()
+    assert status == ("PARTIAL: 5 of 6 runs of grid 'g' finished; these tables leave out the other 1 (1 failed), "
+                      "listed with the log to read in missing_runs.txt.\n")
+    assert (partial_grid / "g" / "figures" / "status.txt").read_text() == status
+    log = (partial_grid / "logs" / "train" / RUN.format(method="sweet", seed=2)).as_posix() + ".log"
+    missing = (tables / "missing_runs.txt").read_text().splitlines()
+    assert missing == [f"{(partial_grid / 'runs' / RUN.format(method='sweet', seed=2)).as_posix()}: failed at "
+                       f"train: ValueError: loss is nan (read {log})"]
+    runs = pd.read_csv(tables / "runs.csv")
+    assert runs["status"].value_counts().to_dict() == {"finished": 5, "failed": 1}
+    assert runs.loc[runs["status"] == "failed", ["method", "seed", "stopped_at"]].values.tolist() == [
+        ["sweet", 2, "train"]]
+    for md in ("claims.md", "individual_exits_summary.md"):
+        assert f"**{status.strip()}**" in (tables / md).read_text()
+    # the tables use the finished runs: SWEET has one seed left, paired with EE's seed 1
+    claims = pd.read_csv(tables / "claims.csv")
+    sweet_ee = claims[(claims["claim"] == "2") & (claims["scope"] == "setting")].iloc[0]
+    assert sweet_ee["n"] == 1 and sweet_ee["verdict"] == "inconclusive (1 seed)"
+    mm_ee = claims[(claims["claim"] == "1") & (claims["scope"] == "setting")].iloc[0]
+    assert mm_ee["n"] == 2 and mm_ee["verdict"] in ("reproduced", "contradicted", "inconclusive")
+    assert json.loads((tables / "grid.json").read_text()) == spec()
+
+
+def test_report_first_page_has_grid_runs_claims_and_the_notice(partial_grid: Path) -> None:
+    html = (partial_grid / "g" / "report.html").read_text()
+    first_page = html.split("</section>")[0]
+    for heading in ("The grid", "What ran", "The paper's claims"):
+        assert f"<h2>{heading}</h2>" in first_page, heading
+    assert '<p class="partial">PARTIAL: 5 of 6 runs' in first_page
+    assert "failed at train: ValueError: loss is nan" in first_page
+    assert first_page.count('<td class="') >= 7  # one verdict cell per claim
+    assert "<img" not in first_page  # figures come after the first page
+    # captions travel with their figures; a section without figures or tables is left out
+    index = json.loads((partial_grid / "g" / "figures" / "index.json").read_text())
+    for entry in index["figures"]:
+        assert f"<figcaption>{entry['caption'].replace(chr(39), '&#39;')}</figcaption>" in html
+    assert "Gradient conflict" in html  # EE recorded the probe in the fake runs
+    sweet_only = [e["caption"] for e in index["figures"] if e["section"] == "individual_exits"][0]
+    assert "EE 2, SWEET 1, MM 2 seeds" in sweet_only
+
+
+def test_no_empty_sections_and_captions_follow_the_data(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    runs = write_fake_grid(results / "runs", tasks=("synthetic",), budgets=(100,), methods=("sweet", "mm"),
+                           seeds=(1,))  # no EE: no gradient-conflict probe, one seed
+    aggregate(runs, results / "g" / "tables", spec(methods=("sweet", "mm"), seeds=(1,)))
+    make_figures(results / "g" / "tables", results / "g" / "figures", formats=("png",))
+    make_report(results / "g" / "tables", results / "g" / "figures", results / "g" / "report.html")
+    html = (results / "g" / "report.html").read_text()
+    assert "Gradient conflict" not in html and not list((results / "g" / "figures" / "gradient_conflict").iterdir())
+    headings = re.findall(r"<h2>(\d+)\. ([^<]+)</h2>", html)
+    assert [int(n) for n, _ in headings] == list(range(1, len(headings) + 1))  # numbered without gaps
+    assert "complete: all 2 runs of grid &#39;g&#39; finished." in html and 'class="partial"' not in html
+    captions = json.loads((results / "g" / "figures" / "index.json").read_text())["figures"]
+    speed = [c["caption"] for c in captions if c["section"] == "speed_accuracy" and "one panel" not in c["caption"]]
+    assert all("one seed, so no band" in c for c in speed) and all("1 seed per method" in c for c in speed[1:])
+    assert "inconclusive (1 seed)" in html and "not tested (no EE runs)" in html
+
+
+def test_report_is_byte_reproducible(partial_grid: Path, tmp_path: Path) -> None:
+    make_report(partial_grid / "g" / "tables", partial_grid / "g" / "figures", tmp_path / "again.html")
+    assert (tmp_path / "again.html").read_bytes() == (partial_grid / "g" / "report.html").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ grids
+def test_the_grid_whose_runs_finished_last(tmp_path: Path) -> None:
+    root = (tmp_path / "results").as_posix()
+    config = {"grids": {"small": spec(seeds=(1,)), "big": spec(seeds=(1, 2)), "other": spec(methods=("ee",),
+                                                                                            seeds=(7,))}}
+    assert last_finished_grid(config, root) is None  # a fresh clone
+    for run in grid_runs(config, "small", root):  # small ⊂ big: big's seed-1 runs are small's
+        method = run.split("/")[-2]
+        write_fake_run(Path(run), "synthetic", "tiny-bert", 100, method, 1)
+    # the newest run belongs to both grids: the more complete one, small (3 of 3, big 3 of 6)
+    assert last_finished_grid(config, root) == ("small", 3, 3)
+    other = Path(grid_runs(config, "other", root)[0])
+    write_fake_run(other, "synthetic", "tiny-bert", 100, "ee", 7)
+    os.utime(other / "curves.csv", ns=(2**62, 2**62))  # later than the rest
+    assert last_finished_grid(config, root) == ("other", 1, 1)
+
+
+def test_fingerprint_changes_when_a_run_finishes_or_fails(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    runs = grid_runs({"grids": {"g": spec(seeds=(1,))}}, "g", results.as_posix())
+    write_fake_run(Path(runs[0]), "synthetic", "tiny-bert", 100, "ee", 1)
+    before = runs_fingerprint(runs)
+    assert runs_fingerprint(runs) == before
+    write_log(results, "split", RUN.format(method="sweet", seed=1), "error: budget too large\n")
+    failed = runs_fingerprint(runs)
+    assert failed != before
+    write_fake_run(Path(runs[1]), "synthetic", "tiny-bert", 100, "sweet", 1)
+    assert runs_fingerprint(runs) not in (before, failed)
+
+
+def test_reporting_commands_refuse_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sweet.cli import main
+
+    cases = [
+        (["figures", "--tables", str(tmp_path / "none"), "--out", str(tmp_path / "f")], "--tables: "),
+        (["report", "--tables", str(tmp_path / "none"), "--figures", str(tmp_path / "none"), "--out",
+          str(tmp_path / "r.html")], "holds no claims.csv"),
+        (["aggregate", "--grid-spec", '{"name": "g"}', "--out", str(tmp_path / "t")], "--grid-spec: missing key"),
+        (["figures", "--tables", str(tmp_path), "--out", str(tmp_path / "f"), "--formats", "gif"], "--formats"),
+    ]
+    for argv, fragment in cases:
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert fragment in err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
