@@ -106,3 +106,21 @@ def test_weights_are_written_as_safetensors(tmp_path: Path, tmp_path_factory) ->
     files = [p.name for p in (tmp_path / "saved").rglob("*") if p.is_file()]
     assert any(f.endswith(".safetensors") for f in files)
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files), files
+
+
+def test_results_are_readable_by_the_group_as_the_umask_allows(tmp_path: Path) -> None:
+    """Temporaries are private (mkstemp/mkdtemp: 0600/0700); what replaces the final name gets the permissions
+    the umask gives any new file, so collaborators on a shared cluster file system can read the results."""
+    import os
+
+    from sweet.io import atomic_dir, write_text
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_text(tmp_path / "table.csv", "a,b\n")
+    with atomic_dir(tmp_path / "model") as folder:
+        (folder / "w.bin").write_bytes(b"x")
+    assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~umask
+    if umask == 0o022:
+        assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
