@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,6 +293,16 @@ def test_hub_backbone_is_fetched_once_then_read_offline(setup: Path, tmp_path: P
                       env={**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": endpoint})
         assert len(hub.requests) == asked, "a complete cached snapshot must not be fetched again"
         assert again.returncode == 0
+        # The README's other way to fill the cache, huggingface_hub's own CLI, gives the layout jobs read.
+        hf = shutil.which("hf")
+        if hf is not None:
+            by_hand = tmp_path / "hand-filled-cache"
+            subprocess.run([hf, "download", "sweet-ci/tiny-bert", "--cache-dir", str(by_hand)], check=True,
+                           capture_output=True, env={**os.environ, "HF_ENDPOINT": endpoint})
+            asked = len(hub.requests)
+            sweet("fetch", "--model", "sweet-ci/tiny-bert", "--hub-cache", by_hand,
+                  env={**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": endpoint})
+            assert len(hub.requests) == asked
     finally:
         server.shutdown()
 

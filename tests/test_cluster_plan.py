@@ -236,3 +236,13 @@ def test_job_environment_builds_where_snakemake_copies_it_and_matches_pyproject(
     assert sorted(pip) == sorted(d for d in deps if not d.startswith("torch")), (pip, deps)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(d.startswith("snakemake-executor-plugin-slurm>=2.") for d in extras["workflow"])
+
+
+def test_several_gpus_keep_the_configured_effective_batch() -> None:
+    from sweet.errors import UserError
+    from sweet.train import per_device_batch_size
+
+    assert per_device_batch_size(16, 1) == 16 and per_device_batch_size(16, 2) == 8
+    assert per_device_batch_size(16, 4) * 4 == 16
+    with pytest.raises(UserError, match="batch_size: 15 .* 2 GPUs"):
+        per_device_batch_size(15, 2)
