@@ -22,7 +22,7 @@ from sweet.errors import UserError
 RESULTS = "results"  # the output root; fixed, so no configuration value can move writes elsewhere
 # Folders under results/ that are not a grid's: a grid's tables, figures and report go to results/<grid>/, so a
 # grid may not take one of these names.
-RESERVED_GRID_NAMES = ("runs", "data", "logs", "backbones", "benchmarks")
+RESERVED_GRID_NAMES = ("runs", "data", "logs", "backbones", "benchmarks", "hub-cache")
 METHODS = ("ee", "sweet", "mm")
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 MIN_CALIBRATION = 50  # as sweet.data.MIN_CALIBRATION: the smallest calibration split `split` accepts
