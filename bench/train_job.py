@@ -57,8 +57,11 @@ def bench_train_job(budget: int, threads: int) -> list[Row]:
                        cwd=ROOT, threads=threads)
         job_seconds = time.perf_counter() - start
         vocab = json.loads((work / "backbone" / "config.json").read_text())["vocab_size"]
-    runtime = re.search(r"'train_runtime': '?([\d.]+)", train.stderr)
-    train_seconds = float(runtime.group(1)) if runtime else job_seconds
+    # The Trainer prints its closing metrics to stdout; without them the loop cannot be told from start-up.
+    runtime = re.search(r"'train_runtime': '?([\d.]+)", train.stdout)
+    if runtime is None:
+        raise RuntimeError("the Trainer's closing 'train_runtime' line is missing from `sweet train`'s stdout")
+    train_seconds = float(runtime.group(1))
     arch = {k: BACKBONE[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
                                      "max_position_embeddings")}
     arch["vocab_size"] = vocab
