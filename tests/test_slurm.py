@@ -164,6 +164,26 @@ def test_every_submitted_job_asked_for_a_gpu_within_the_caps(clean: Path) -> Non
     assert len(jobs) == 2 + 4 + 3
 
 
+def test_moving_the_hub_cache_or_the_scratch_retrains_nothing(site, clean: Path) -> None:
+    """A cluster user who points hub_cache at a shared cache, or moves checkpoints to scratch, after a grid ran:
+    the backbone is fetched into the new cache (once, on the submit host) and no finished run is redone."""
+    moved = [f"hub_cache={site['root'] / 'hub-cache-moved'}", f"scratch_dir={site['root'] / 'scratch'}"]
+    result = snakemake(clean, "-n", "--config", *moved, env=site["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned_rules(result) == {"fetch_backbone"}, result.stdout[-3000:]
+    assert planned_rules(snakemake(clean, "-n", env=site["env"])) == set()
+
+
+def planned_rules(result: subprocess.CompletedProcess) -> set[str]:
+    """The rules in a dry run's job table (empty when there is nothing to do)."""
+    output = result.stdout + result.stderr
+    if "Job stats:" not in output:
+        assert "Nothing to be done" in output, output[-3000:]
+        return set()
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    return {line.split()[0] for line in table.splitlines()[3:] if line.strip()} - {"total"}
+
+
 def test_drill_failed_evaluation_keeps_the_finished_training(site, clean: Path) -> None:
     workdir = copy_repo(site["root"] / "eval-fails")
     (workdir / "drill.yaml").write_text(site["overlay"])

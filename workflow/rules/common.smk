@@ -17,6 +17,24 @@ THREADS = int(config.get("threads", 1))
 EVAL_BATCH = int(config.get("eval_batch_size", 64))
 
 
+class Location:
+    """A path a job is told where to read or keep things (hub cache, checkpoint scratch), not what to compute.
+
+    Snakemake reruns a job whose params changed since its outputs were made, comparing the params it can record
+    (plain Python values); values of other types are left out of that comparison. Wrapping a location keeps it
+    out, so pointing `hub_cache` or `scratch_dir` somewhere else never retrains finished runs. Formats as the path.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __str__(self):
+        return self.path
+
+    def __format__(self, spec):
+        return format(self.path, spec)
+
+
 wildcard_constraints:
     task=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
@@ -83,7 +101,9 @@ def backbone_input(wildcards):
     fetched into the cache on the submit host (the job itself never downloads)."""
     model = model_of(wildcards)
     if model.kind == "hub":
-        return [f"results/backbones/{model.slug}.fetched.json"]
+        # ancient: fetching again (into a new hub_cache, say) gives the same backbone revision or records a new
+        # one in train_metrics.json; it orders the jobs but never retrains finished runs by itself.
+        return [ancient(f"results/backbones/{model.slug}.fetched.json")]
     return [backbone_arg(wildcards)]
 
 
@@ -135,8 +155,8 @@ def checkpoint_dir(wildcards):
     name = f"member_{wildcards.k}.checkpoints" if "k" in wildcards.keys() else "model.checkpoints"
     if config.get("scratch_dir"):
         run = run_of(wildcards).removeprefix("results/")
-        return f"{Path(config['scratch_dir']).expanduser()}/{run}/{name}"
-    return f"{run_of(wildcards)}/{'model/' if 'k' in wildcards.keys() else ''}{name}"
+        return Location(f"{Path(config['scratch_dir']).expanduser()}/{run}/{name}")
+    return Location(f"{run_of(wildcards)}/{'model/' if 'k' in wildcards.keys() else ''}{name}")
 
 
 def meta_args(wildcards):

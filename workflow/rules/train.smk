@@ -43,7 +43,7 @@ rule train:
         method="ee|sweet",
     params:
         backbone=backbone_arg,
-        hub_cache=HUB_CACHE,
+        hub_cache=Location(HUB_CACHE),
         exits=exit_layers_arg,
         pooling=pooling_arg,
         spec=train_spec,
@@ -84,7 +84,7 @@ rule train_member:
         method="mm",
     params:
         backbone=backbone_arg,
-        hub_cache=HUB_CACHE,
+        hub_cache=Location(HUB_CACHE),
         exits=exit_layers_arg,
         pooling=pooling_arg,
         spec=train_spec,
