@@ -17,6 +17,7 @@ it checkpoints and exits, and the retry resumes (:func:`training_allocations` sa
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -183,16 +184,14 @@ def training_jobs(config: dict, models: dict[str, Model]) -> list[tuple[str, Mod
     member (``depth`` = the member's layers; None = the whole model)."""
     grid = config["grids"][config["grid"]]
     jobs = []
-    for _task in grid["tasks"]:
-        for name in grid["models"]:
-            model = models[name]
-            for budget in grid["budgets"]:
-                for method in grid["methods"]:
-                    for _seed in grid["seeds"]:
-                        if method == "mm":
-                            jobs += [("train_member", model, budget, depth) for depth in model.exit_layers]
-                        else:
-                            jobs.append(("train", model, budget, None))
+    for _task, name, budget, method, _seed in itertools.product(
+        grid["tasks"], grid["models"], grid["budgets"], grid["methods"], grid["seeds"]
+    ):
+        model = models[name]
+        if method == "mm":
+            jobs += [("train_member", model, budget, depth) for depth in model.exit_layers]
+        else:
+            jobs.append(("train", model, budget, None))
     return jobs
 
 

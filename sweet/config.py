@@ -447,9 +447,7 @@ def _resolve_model(name: str, spec: dict, base: Path) -> Model:
         if backbone.startswith("/") or ".." in backbone.split("/") or backbone.count("/") > 1:
             raise UserError(f"{key}.backbone: '{backbone}' is neither a local folder nor a hub id (org/name)")
     depth = arch.get("num_hidden_layers") if arch else None
-    if depth is not None and layers[-1] > depth:
-        raise UserError(f"{key}.exit_layers: {layers} goes beyond the backbone's {depth} layers; the last exit "
-                        f"must be ≤ {depth}")
+    _check_depth(key, layers, depth)
     pooling = spec.get("pooling")
     model_type = backbone.get("model_type") if isinstance(backbone, dict) else (arch or {}).get("model_type")
     if pooling is not None and model_type in BACKBONES:
@@ -470,10 +468,14 @@ def _arch_from_hub_cache(models: dict[str, Model], config: dict, base: Path) -> 
         if folder is None:
             continue
         model.arch = _local_arch(folder, f"models.{model.name}.backbone")
-        depth = model.arch.get("num_hidden_layers")
-        if depth is not None and model.exit_layers[-1] > depth:
-            raise UserError(f"models.{model.name}.exit_layers: {model.exit_layers} goes beyond the backbone's {depth} "
-                            f"layers; the last exit must be ≤ {depth}")
+        if model.arch is not None:
+            _check_depth(f"models.{model.name}", model.exit_layers, model.arch.get("num_hidden_layers"))
+
+
+def _check_depth(key: str, layers: list[int], depth: int | None) -> None:
+    if depth is not None and layers[-1] > depth:
+        raise UserError(f"{key}.exit_layers: {layers} goes beyond the backbone's {depth} layers; the last exit "
+                        f"must be ≤ {depth}")
 
 
 def _looks_local(backbone: str, base: Path) -> bool:

@@ -49,7 +49,7 @@ def fetch_backbone(repo_id: str, cache_dir: str | Path, revision: str = "main") 
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     cache_dir = Path(cache_dir).expanduser()
-    cached = _cached_snapshot(repo_id, cache_dir, revision)
+    cached = cached_snapshot_folder(repo_id, cache_dir, revision)
     if cached is not None and _complete(cached):
         return _describe(repo_id, cached)
     try:
@@ -89,7 +89,7 @@ def resolve_backbone(name_or_path: str, cache_dir: str | Path | None = None) -> 
         raise UserError(f"backbone: folder '{name_or_path}' not found (and it is not a hub id); fix the path") from None
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)
-    snapshot = _cached_snapshot(name_or_path, cache, "main")
+    snapshot = cached_snapshot_folder(name_or_path, cache)
     if snapshot is not None and _complete(snapshot):
         return str(snapshot)
     if offline():
@@ -106,14 +106,16 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def cached_snapshot_folder(repo_id: str, cache_dir: str | Path) -> Path | None:
-    """The cached snapshot of ``repo_id``'s main branch, read from the cache's layout alone (no hub client, no
-    network: cheap enough for planning a grid); None when it is not there."""
+def cached_snapshot_folder(repo_id: str, cache_dir: str | Path, revision: str = "main") -> Path | None:
+    """The cached snapshot of ``repo_id`` at ``revision`` (a branch, or a commit hash), read from the hub cache's
+    layout alone (no hub client, no network: cheap enough for planning a grid); None when it is not there."""
     folder = Path(cache_dir).expanduser() / ("models--" + repo_id.replace("/", "--"))
+    ref = folder / "refs" / revision
     try:
-        snapshot = folder / "snapshots" / (folder / "refs" / "main").read_text().strip()
+        commit = ref.read_text().strip() if ref.is_file() else revision
     except OSError:
         return None
+    snapshot = folder / "snapshots" / commit
     return snapshot if (snapshot / "config.json").is_file() else None
 
 
@@ -124,16 +126,6 @@ def snapshot_revision(folder: str | Path) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _cached_snapshot(repo_id: str, cache_dir: Path, revision: str) -> Path | None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        return None
-
-
 def _complete(folder: Path) -> bool:
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
     has_weights = any(fnmatch.fnmatch(n, pat) for n in names for pat in SAFETENSORS_FILES + PICKLE_FILES)

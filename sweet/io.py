@@ -24,8 +24,9 @@ def _umask() -> int:
 
 # mkstemp/mkdtemp create private (0600/0700) temporaries; a finished result gets the permissions any file or
 # folder created here would, so collaborators on a shared cluster file system can read results/.
-FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 @contextlib.contextmanager

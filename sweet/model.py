@@ -17,6 +17,7 @@ loads the fine-tuned encoder), ``exit_heads.safetensors`` holds the heads and ``
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 from dataclasses import asdict, dataclass, field
@@ -400,7 +401,7 @@ def backbone_inputs(
     token_type_ids: torch.Tensor | None,
 ) -> dict[str, Any]:
     """Keyword arguments of the backbone's forward: the ones it takes, and no key/value cache (decoders)."""
-    accepted = inspect.signature(backbone.forward).parameters
+    accepted = _forward_parameters(type(backbone))
     inputs: dict[str, Any] = {"input_ids": input_ids}
     if attention_mask is not None:
         inputs["attention_mask"] = attention_mask
@@ -409,3 +410,9 @@ def backbone_inputs(
     if "use_cache" in accepted:
         inputs["use_cache"] = False
     return inputs
+
+
+@functools.cache
+def _forward_parameters(backbone_class: type) -> frozenset[str]:
+    """The argument names of a backbone class's forward (read once per class: this is on every forward pass)."""
+    return frozenset(inspect.signature(backbone_class.forward).parameters)

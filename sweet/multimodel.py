@@ -90,11 +90,11 @@ class MemberModel(nn.Module):
         spec = backbone_spec(config.model_type)
         pooling = resolve_pooling(config.model_type, pooling)
         check_exit_layers([depth], config.num_hidden_layers)
+        overrides = truncation(config, depth)
         if pooling not in spec.stock_poolings:
-            backbone, pretrained_head = load_backbone(name_or_path, **truncation(config, depth))
+            backbone, pretrained_head = load_backbone(name_or_path, **overrides)
             one_exit = EarlyExitConfig([depth], num_labels, "ee", learned_exit=learned_exit, pooling=pooling)
             return cls(EarlyExitModel(one_exit, backbone, pretrained_head), pooling)
-        overrides = truncation(config, depth)
         if spec.stock_pooling_option is not None:
             overrides[spec.stock_pooling_option] = pooling
         if pooling == "last" and config.pad_token_id is None:

@@ -6,6 +6,7 @@
 # names on purpose: the hub cache (`hub_cache`) and the checkpoints' scratch root (`scratch_dir`).
 
 import ast
+import functools
 import json
 import re
 
@@ -223,15 +224,22 @@ TRAIN_RETRIES = retries_for_training(config, MODELS, ESTIMATE)
 _MEMBERS = [(m, b, d) for rule, m, b, d in training_jobs(config, MODELS) if rule == "train_member"]
 
 
+@functools.cache
+def _member_request(attempt):
+    """(runtime, mem_mb) every MM member asks for on this attempt: the same for all, so computed once."""
+    return (max(ESTIMATE.train_runtime(m, b, d, attempt) for m, b, d in _MEMBERS),
+            max(ESTIMATE.train_mem_mb(m, d, attempt, array=True) for m, _, d in _MEMBERS))
+
+
 def train_runtime(wildcards, attempt):
     if "k" in wildcards.keys():
-        return max(ESTIMATE.train_runtime(m, b, d, attempt) for m, b, d in _MEMBERS)
+        return _member_request(attempt)[0]
     return ESTIMATE.train_runtime(model_of(wildcards), int(wildcards.budget), None, attempt)
 
 
 def train_mem_mb(wildcards, attempt):
     if "k" in wildcards.keys():
-        return max(ESTIMATE.train_mem_mb(m, d, attempt, array=True) for m, _, d in _MEMBERS)
+        return _member_request(attempt)[1]
     return ESTIMATE.train_mem_mb(model_of(wildcards), None, attempt)
 
 
