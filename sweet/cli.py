@@ -61,25 +61,40 @@ def cmd_init_backbone(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from sweet.data import load_prepared, make_splits
+    """The training subset (--out) and/or the calibration split (--calibration-out) of one (budget, seed): two
+    files, because a new calibration must not look like new training data to the workflow."""
+    from sweet.data import load_prepared, make_splits, training_ids
     from sweet.io import write_json
 
+    if not (args.out or args.calibration_out):
+        raise UserError("split: give --out (the training subset) and/or --calibration-out (the calibration split)")
     task = load_prepared(args.task_dir)
-    splits = make_splits(
-        len(task.train), args.budget, args.calibration_size, args.seed,
-        calibrate_on=args.calibrate_on, eval_size=len(task.eval), task=task.name,
-    )
-    if "warning" in splits:
-        print(f"warning: {splits['warning']}", file=sys.stderr)
-    write_json(args.out, {"task": task.name, **splits})
+    if args.out:
+        ids = training_ids(len(task.train), args.budget, args.seed)
+        write_json(args.out, {"task": task.name, "budget": args.budget, "seed": args.seed,
+                              "pool_size": len(task.train), "train_ids": ids})
+    if args.calibration_out:
+        splits = make_splits(
+            len(task.train), args.budget, args.calibration_size, args.seed,
+            calibrate_on=args.calibrate_on, eval_size=len(task.eval), task=task.name,
+        )
+        if "warning" in splits:
+            print(f"warning: {splits['warning']}", file=sys.stderr)
+        splits.pop("train_ids")
+        write_json(args.calibration_out, {"task": task.name, **splits})
+    if args.run_record_out:
+        if args.run_record is None:
+            raise UserError("--run-record-out: give the run's record with --run-record JSON")
+        write_json(args.run_record_out, args.run_record)
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
     from sweet.hub import fetch_backbone
     from sweet.io import write_json
 
-    fetched = fetch_backbone(args.model, args.hub_cache)
-    print(f"{args.model}: revision {fetched['revision']} in {fetched['snapshot']}", file=sys.stderr)
+    fetched = fetch_backbone(args.model, args.hub_cache, args.revision)
+    fetched["requested_revision"] = args.revision
+    print(f"{args.model}: {args.revision} is commit {fetched['revision']}, in {fetched['snapshot']}", file=sys.stderr)
     if args.out:
         write_json(args.out, fetched)
 
@@ -93,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     task = load_prepared(args.task_dir)
     splits = json.loads(Path(args.splits).read_text())
     rows = _select(task.train, splits["train_ids"], args.splits)
-    backbone = resolve_backbone(args.backbone, args.hub_cache)
+    backbone = resolve_backbone(args.backbone, args.hub_cache, args.revision)
+    run = json.loads(Path(args.run_record).read_text()) if args.run_record else {}
     work_dir = args.work_dir or Path(args.out).with_name(Path(args.out).name + ".checkpoints")
     try:
         record = train(
@@ -104,6 +120,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(TrainingInterrupted.exit_code)
     record = {"task": task.name, "backbone": args.backbone, "backbone_revision": snapshot_revision(backbone), **record}
+    if run:  # what the run's folder stands for (sweet.layout): its id, non-default settings and identity
+        record = {"run_id": run["run_id"], "settings": run["settings"], "identity": run["identity"], **record}
     write_training_record(record, args.metrics, args.gradient_conflict_out, dict(args.meta or []))
 
 
@@ -131,6 +149,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     task = load_prepared(args.task_dir)
     splits = json.loads(Path(args.splits).read_text())
+    if "calibration_ids" not in splits:
+        raise UserError(f"--splits: {args.splits} holds no calibration split; give the calibration.json that "
+                        "`sweet split --calibration-out` writes")
     pool = task.eval if splits.get("calibrate_on") == "eval" else task.train
     rows = _select(pool, splits["calibration_ids"], args.splits)
     model = load_model(args.model)
@@ -163,6 +184,23 @@ def cmd_curves(args: argparse.Namespace) -> None:
     exits = exit_rows(logits, task.metrics, task.primary_metric, compute_metrics)
     write_csv(args.exits_out, with_meta(exits, meta))
     write_csv(args.out, with_meta(curves, meta))
+
+
+def cmd_migrate_runs(args: argparse.Namespace) -> None:
+    """Move runs of the layout before run ids that this configuration names into their run-id folders."""
+    from sweet.config import load_config_file, merge, validate
+    from sweet.migrate import candidates, migrate
+
+    config = load_config_file(args.config)
+    for overlay in args.configfile or []:
+        config = merge(config, load_config_file(overlay))
+    models = validate(config)
+    found = candidates(config, models, args.gpus, [args.grid] if args.grid else None)
+    if not found:
+        print("migrate-runs: no run of the layout before run ids is named by this configuration")
+        return
+    for line in migrate(found, apply=not args.dry_run):
+        print(line)
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
@@ -237,17 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="download a hub backbone into the hub cache (on a machine with internet)")
     p.add_argument("--model", required=True, help="hub id, e.g. bert-base-uncased")
     p.add_argument("--hub-cache", required=True, help="Hugging Face hub cache folder (the config's hub_cache)")
+    p.add_argument("--revision", default="main", help="branch, tag or commit (default main); recorded as a commit")
     p.add_argument("--out", help="record of what was fetched (JSON)")
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("split", help="seeded training subset and calibration split")
+    p = sub.add_parser("split", help="seeded training subset and/or calibration split")
     p.add_argument("--task-dir", required=True)
     p.add_argument("--budget", type=int, required=True, help="training examples")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--calibration-size", type=int, default=1000)
     p.add_argument("--calibrate-on", choices=["pool", "eval"], default="pool",
                    help="pool: unused training examples (default); eval: the reference's protocol (biased)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="the training subset (splits.json)")
+    p.add_argument("--calibration-out", help="the calibration split (calibration.json)")
+    p.add_argument("--run-record", type=_json_arg, help="the run's identity record (JSON), written to --run-record-out")
+    p.add_argument("--run-record-out", help="run.json to write")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="fine-tune an EE/SWEET model or one MM member")
@@ -266,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", type=_meta_arg, nargs="*", help="identity columns for the probe's CSV, e.g. task=sst2")
     p.add_argument("--work-dir", help="checkpoints for resuming (default: <out>.checkpoints)")
     p.add_argument("--hub-cache", help="hub cache a hub id is read from (default: Hugging Face's own)")
+    p.add_argument("--revision", default="main", help="the hub backbone's branch, tag or commit (default main)")
+    p.add_argument("--run-record", help="the run's run.json: its id and settings go into the training record")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("combine", help="MM: declare trained members as one MultiModel folder")
@@ -298,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="curves.csv")
     p.add_argument("--exits-out", required=True, help="individual_exits.csv")
     p.set_defaults(func=cmd_curves)
+
+    p = sub.add_parser("migrate-runs", help="move runs of the layout before run ids into their run-id folders")
+    p.add_argument("--config", default="config.yaml", help="the base configuration (default config.yaml)")
+    p.add_argument("--configfile", action="append", help="an overlay, as given to snakemake (repeatable)")
+    p.add_argument("--grid", help="only this grid's runs (default: every grid of the configuration)")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="GPUs the runs trained with (only matters for bf16/fp16 training; default 0)")
+    p.add_argument("--dry-run", action="store_true", help="say what would move, move nothing")
+    p.set_defaults(func=cmd_migrate_runs)
 
     p = sub.add_parser("audit", help="list parameters that receive gradient from more than one exit")
     p.add_argument("--backbone", required=True)

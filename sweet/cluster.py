@@ -20,23 +20,24 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
 
-from sweet.config import Model, eval_shape, human_bytes, merged_training, parameter_count
+from sweet.config import (
+    CLUSTER_DEFAULTS,
+    JOB_START_MINUTES,
+    Model,
+    eval_shape,
+    human_bytes,
+    merged_training,
+    parameter_count,
+)
 
 UNKNOWN_PARAMS = 350_000_000  # a hub model whose size is not known offline: assume a large one
 # snakemake-executor-plugin-slurm adds a few MB to an array's memory request (the jobstep holds the encoded
 # commands of every task: ~3 bytes per payload byte, 1 MB at least): array jobs leave that much below the cap.
 ARRAY_MEM_HEADROOM_MB = 16
-START_MINUTES = 10  # imports, model loading from a shared file system, saving: a fixed allowance per job
+START_MINUTES = JOB_START_MINUTES  # imports, model loading from a shared file system, saving: per job
 SAFETY = 2.0  # on top of the throughput assumptions
-DEFAULTS: dict[str, Any] = {
-    "max_runtime_minutes": 1440,  # the partition's MaxTime (24 h is a common cap on GPU partitions)
-    "max_mem_mb": None,  # the partition's memory cap per job (None: no cap)
-    "signal_minutes": 5,  # Slurm's SIGTERM warning before the time limit (sbatch --signal=TERM@…)
-    "gpu_tflops": 10.0,  # sustained training throughput assumed per GPU (fp32; V100-class, conservative)
-    "cpu_gflops_per_thread": 30.0,  # measured ~65 here (BERT-base step, 2 threads); halved for unknown CPUs
-}
+DEFAULTS = CLUSTER_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -110,32 +111,6 @@ def peak_checkpoint_bytes(checkpoints: list[int], concurrent_jobs: int) -> int:
     (the Trainer writes the new checkpoint before it deletes the previous one)."""
     largest = sorted(checkpoints, reverse=True)[: max(1, concurrent_jobs)]
     return 2 * sum(largest)
-
-
-def check_cluster(config: dict) -> None:
-    """What the schema cannot say about the cluster keys; one line naming the key on failure."""
-    from sweet.errors import UserError
-
-    caps = Caps.from_config(config)
-    if caps.max_runtime_minutes is not None and caps.max_runtime_minutes < 2 * START_MINUTES:
-        raise UserError(f"cluster.max_runtime_minutes: {caps.max_runtime_minutes} leaves no time after a job's "
-                        f"start-up (~{START_MINUTES} min); use a partition with a limit of at least "
-                        f"{2 * START_MINUTES} minutes")
-    if caps.max_runtime_minutes is not None and caps.signal_minutes >= caps.max_runtime_minutes:
-        raise UserError(f"cluster.signal_minutes: {caps.signal_minutes} must be shorter than "
-                        f"cluster.max_runtime_minutes ({caps.max_runtime_minutes}); a few minutes is enough")
-    gpus = config.get("gpus")
-    if gpus is not None and gpus > 1:
-        # Several GPUs in one job split each batch between them (DataParallel): the configured batch must divide.
-        sizes = {int((config.get("training") or {}).get("batch_size", 16))}
-        sizes |= {int(m["training"]["batch_size"]) for m in config["models"].values()
-                  if isinstance(m.get("training"), dict) and "batch_size" in m["training"]}
-        sizes |= {int(g["training"]["batch_size"]) for g in config["grids"].values()
-                  if isinstance(g.get("training"), dict) and "batch_size" in g["training"]}
-        bad = sorted(b for b in sizes if b % gpus)
-        if bad:
-            raise UserError(f"gpus: {gpus} GPUs per job would split batches of {bad[0]} unevenly (training.batch_size); "
-                            f"use a batch size divisible by {gpus}, or gpus: 1")
 
 
 # ------------------------------------------------------------------------------------------------ per job

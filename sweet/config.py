@@ -42,25 +42,51 @@ GLUE_SIZES: dict[str, tuple[int, int, int]] = {
 
 # Architecture of the hub models the paper grid names (from their config.json), so the dry run can check exit
 # layers and estimate disk use without downloading anything.
-KNOWN_BACKBONES: dict[str, dict[str, int]] = {
-    "bert-base-uncased": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=30522,
+KNOWN_BACKBONES: dict[str, dict[str, Any]] = {
+    "bert-base-uncased": dict(model_type="bert", num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=30522,
                               max_position_embeddings=512, type_vocab_size=2),
-    "bert-large-uncased": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=30522,
+    "bert-large-uncased": dict(model_type="bert", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=30522,
                                max_position_embeddings=512, type_vocab_size=2),
-    "roberta-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
+    "roberta-base": dict(model_type="roberta", num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
                          max_position_embeddings=514, type_vocab_size=1),
-    "roberta-large": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=50265,
+    "roberta-large": dict(model_type="roberta", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=50265,
                           max_position_embeddings=514, type_vocab_size=1),
-    "microsoft/deberta-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
+    "microsoft/deberta-base": dict(model_type="deberta", num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
                                    max_position_embeddings=512, type_vocab_size=0),
-    "microsoft/deberta-large": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
+    "microsoft/deberta-large": dict(model_type="deberta", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
                                     vocab_size=50265, max_position_embeddings=512, type_vocab_size=0),
-    "microsoft/deberta-v3-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072,
+    "microsoft/deberta-v3-base": dict(model_type="deberta-v2", num_hidden_layers=12, hidden_size=768, intermediate_size=3072,
                                       vocab_size=128100, max_position_embeddings=512, type_vocab_size=0),
-    "microsoft/deberta-v3-large": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
+    "microsoft/deberta-v3-large": dict(model_type="deberta-v2", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
                                        vocab_size=128100, max_position_embeddings=512, type_vocab_size=0),
 }
 SYNTHETIC_DEFAULTS = {"train_size": 4000, "eval_size": 1000}  # sweet.synthetic.make_task's defaults
+# The training options every run starts from (sweet.train.TrainSpec's defaults: the paper's seed commands where
+# it states them; a test keeps the two equal). Torch-free here, because a run's identity (sweet.layout) is
+# computed while snakemake plans.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 5e-5,
+    "batch_size": 16,
+    "epochs": 2.0,
+    "max_length": 256,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "gradient_accumulation_steps": 1,
+    "precision": "fp32",
+    "shared_pooler": False,
+    "learned_exit": False,
+    "gradient_conflict_every": 0,
+    "save_steps": 200,
+}
+# The cluster keys' defaults (sweet.cluster reads them from here; the configuration check needs them too).
+CLUSTER_DEFAULTS: dict[str, Any] = {
+    "max_runtime_minutes": 1440,  # the partition's MaxTime (24 h is a common cap on GPU partitions)
+    "max_mem_mb": None,  # the partition's memory cap per job (None: no cap)
+    "signal_minutes": 5,  # Slurm's SIGTERM warning before the time limit (sbatch --signal=TERM@…)
+    "gpu_tflops": 10.0,  # sustained training throughput assumed per GPU (fp32; V100-class, conservative)
+    "cpu_gflops_per_thread": 30.0,  # measured ~65 here (BERT-base step, 2 threads); halved for unknown CPUs
+}
+JOB_START_MINUTES = 10  # imports, model loading from a shared file system, saving: a fixed allowance per job
 SYNTHETIC_VOCAB = 1000  # rough size of the offline word-level tokenizer, for the disk estimate only
 
 
@@ -77,6 +103,16 @@ class Model:
     training: dict[str, Any] = field(default_factory=dict)  # model-level overrides only
     arch: dict[str, Any] | None = None  # sizes (and model_type of a local folder), when knowable offline
     pooling: str | None = None  # how exits read the hidden states; None: the backbone's default (cls / last)
+    revision: str | None = None  # hub backbones: the branch, tag or commit to fetch (None: main)
+
+    @property
+    def model_type_offline(self) -> str | None:
+        """The architecture where it is known without the hub cache (inline, local folder, a known hub id)."""
+        if isinstance(self.backbone, dict):
+            return self.backbone.get("model_type")
+        if self.kind == "hub" and self.backbone not in KNOWN_BACKBONES:
+            return None  # read from the cache once fetched, which must not change what the plan says
+        return (self.arch or {}).get("model_type")
 
 
 def slug(name: str) -> str:
@@ -134,14 +170,10 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
     """
     _coerce_command_line(config)
     _check_schema(config, load_schema(schema_path))
-    from sweet.cluster import check_cluster  # sweet.cluster builds on this module
-
-    check_cluster(config)
+    _check_cluster(config)
     base = Path(base_dir)
     tasks: dict = config["tasks"]
-    models = {name: _resolve_model(name, spec, base) for name, spec in config["models"].items()}
-    _check_slugs(models)
-    _arch_from_hub_cache(models, config, base)
+    models = resolve_models(config, base)
 
     for gname in config["grids"]:
         if gname in RESERVED_GRID_NAMES:
@@ -202,6 +234,14 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
     return models
 
 
+def resolve_models(config: dict, base: Path = Path(".")) -> dict[str, Model]:
+    """The configuration's models, resolved (sizes from the hub cache where a backbone has been fetched)."""
+    models = {name: _resolve_model(name, spec, base) for name, spec in config["models"].items()}
+    _check_slugs(models)
+    _arch_from_hub_cache(models, config, base)
+    return models
+
+
 def merged_training(config: dict, model: Model, grid: str | None = None) -> dict[str, Any]:
     """Training options of a run: defaults, then the model's overrides, then the grid's (the selected one unless
     ``grid`` names another)."""
@@ -211,8 +251,11 @@ def merged_training(config: dict, model: Model, grid: str | None = None) -> dict
     return spec
 
 
-def grid_spec(config: dict, grid: str, models: dict[str, Model]) -> dict[str, Any]:
-    """What a grid's tables and report record about it: its axes, and per model the exits and training options."""
+def grid_spec(config: dict, grid: str, models: dict[str, Model], gpus: int = 0) -> dict[str, Any]:
+    """What a grid's tables and report record about it: its axes, per model the exits and training options, and
+    its runs (folder and run id: the reporting reads exactly these, and checks each folder's recorded id)."""
+    from sweet.layout import grid_runs  # builds on this module
+
     axes = config["grids"][grid]
     return {
         "name": grid,
@@ -221,6 +264,9 @@ def grid_spec(config: dict, grid: str, models: dict[str, Model]) -> dict[str, An
         "training": {m: merged_training(config, models[m], grid) for m in axes["models"]},
         "calibrate_on": config.get("calibrate_on", "pool"),
         "calibration_size": config.get("calibration_size", 1000),
+        "revisions": {m: models[m].revision or "main" for m in axes["models"] if models[m].kind == "hub"},
+        "runs": [{"dir": r.dir, "calibrated_dir": r.calibrated_dir, "run_id": r.run_id, "settings": r.settings}
+                 for r in grid_runs(config, grid, models, gpus)],
     }
 
 
@@ -317,6 +363,31 @@ def describe_disk(config: dict, models: dict[str, Model], base: Path = Path(".")
 
 
 # ------------------------------------------------------------------------------------------------ internals
+def _check_cluster(config: dict) -> None:
+    """What the schema cannot say about the cluster keys; one line naming the key on failure."""
+    cluster = {**CLUSTER_DEFAULTS, **(config.get("cluster") or {})}
+    limit, signal_minutes = cluster["max_runtime_minutes"], cluster["signal_minutes"]
+    if limit is not None and limit < 2 * JOB_START_MINUTES:
+        raise UserError(f"cluster.max_runtime_minutes: {limit} leaves no time after a job's start-up "
+                        f"(~{JOB_START_MINUTES} min); use a partition with a limit of at least "
+                        f"{2 * JOB_START_MINUTES} minutes")
+    if limit is not None and signal_minutes >= limit:
+        raise UserError(f"cluster.signal_minutes: {signal_minutes} must be shorter than "
+                        f"cluster.max_runtime_minutes ({limit}); a few minutes is enough")
+    gpus = config.get("gpus")
+    if gpus is not None and gpus > 1:
+        # Several GPUs in one job split each batch between them (DataParallel): the configured batch must divide.
+        sizes = {int((config.get("training") or {}).get("batch_size", 16))}
+        sizes |= {int(m["training"]["batch_size"]) for m in config["models"].values()
+                  if isinstance(m.get("training"), dict) and "batch_size" in m["training"]}
+        sizes |= {int(g["training"]["batch_size"]) for g in config["grids"].values()
+                  if isinstance(g.get("training"), dict) and "batch_size" in g["training"]}
+        bad = sorted(b for b in sizes if b % gpus)
+        if bad:
+            raise UserError(f"gpus: {gpus} GPUs per job would split batches of {bad[0]} unevenly (training.batch_size); "
+                            f"use a batch size divisible by {gpus}, or gpus: 1")
+
+
 def _coerce_command_line(config: dict) -> None:
     """`--config partial=true gpus=null cluster='{max_mem_mb: 8000}'` arrive as strings (snakemake reads
     mappings with YAML's BaseLoader): read the keys whose schema wants booleans, numbers or null as YAML would."""
@@ -331,8 +402,9 @@ def _coerce_command_line(config: dict) -> None:
     for key in ("keep_checkpoints", "partial", "gpus", "scratch_dir"):
         if isinstance(config.get(key), str) and config[key].lower() in ("true", "false", "null", "none", "~", ""):
             config[key] = typed(config[key].lower().replace("none", "null"))
-    if isinstance(config.get("cluster"), dict):
-        config["cluster"] = {k: typed(v) for k, v in config["cluster"].items()}
+    for key in ("cluster", "training"):
+        if isinstance(config.get(key), dict):
+            config[key] = {k: typed(v) for k, v in config[key].items()}
 
 
 def _is_int(v: Any) -> bool:
@@ -452,8 +524,11 @@ def _resolve_model(name: str, spec: dict, base: Path) -> Model:
     model_type = backbone.get("model_type") if isinstance(backbone, dict) else (arch or {}).get("model_type")
     if pooling is not None and model_type in BACKBONES:
         resolve_pooling(model_type, pooling, field=f"{key}.pooling")  # e.g. cls on a decoder
+    revision = spec.get("revision")
+    if revision is not None and kind != "hub":
+        raise UserError(f"{key}.revision: only a hub backbone has revisions ('{backbone}' is {kind}); remove it")
     return Model(name=name, slug=slug(name), backbone=backbone, kind=kind, exit_layers=list(layers),
-                 training=dict(spec.get("training") or {}), arch=arch, pooling=pooling)
+                 training=dict(spec.get("training") or {}), arch=arch, pooling=pooling, revision=revision)
 
 
 def _arch_from_hub_cache(models: dict[str, Model], config: dict, base: Path) -> None:
@@ -464,7 +539,8 @@ def _arch_from_hub_cache(models: dict[str, Model], config: dict, base: Path) -> 
     for model in models.values():
         if model.kind != "hub" or model.arch is not None:
             continue
-        folder = cached_snapshot_folder(model.backbone, cache if cache.is_absolute() else base / cache)
+        folder = cached_snapshot_folder(model.backbone, cache if cache.is_absolute() else base / cache,
+                                        model.revision or "main")
         if folder is None:
             continue
         model.arch = _local_arch(folder, f"models.{model.name}.backbone")

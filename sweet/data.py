@@ -240,7 +240,7 @@ def make_splits(
             f"budgets: budget {budget} > training pool {pool_size}{where}; lower `budgets` to at most {pool_size} "
             "or prepare a larger training pool"
         )
-    perm = np.random.default_rng(seed).permutation(pool_size)
+    perm = _permutation(pool_size, seed)
     train_ids = sorted(int(i) for i in perm[:budget])
     result: dict[str, Any] = {
         "budget": int(budget),
@@ -277,6 +277,20 @@ def make_splits(
     result["calibration_ids"] = calibration_ids
     result["calibration_size"] = len(calibration_ids)
     return result
+
+
+def training_ids(pool_size: int, budget: int, seed: int) -> list[int]:
+    """The training subset of ``make_splits`` alone (what a training job reads: no calibration setting in it)."""
+    for key, value, low in (("budget", budget, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise UserError(f"{key}: {value!r} must be an integer ≥ {low}")
+    if budget > pool_size:
+        raise UserError(f"budgets: budget {budget} > training pool {pool_size}; lower `budgets` to at most {pool_size}")
+    return sorted(int(i) for i in _permutation(pool_size, seed)[:budget])
+
+
+def _permutation(pool_size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(pool_size)
 
 
 def tokenize(

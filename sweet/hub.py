@@ -30,9 +30,10 @@ SAFETENSORS_FILES = ["model.safetensors", "model.safetensors.index.json", "model
 PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 
 
-def fetch_command(repo_id: str, cache_dir: str | Path) -> str:
+def fetch_command(repo_id: str, cache_dir: str | Path, revision: str = "main") -> str:
     """The shell command that fills the cache for ``repo_id`` (what an offline job's error suggests)."""
-    return f"hf download {repo_id} --cache-dir {cache_dir}"
+    at = "" if revision == "main" else f" --revision {revision}"
+    return f"hf download {repo_id}{at} --cache-dir {cache_dir}"
 
 
 def is_local(name_or_path: str | Path) -> bool:
@@ -62,7 +63,8 @@ def fetch_backbone(repo_id: str, cache_dir: str | Path, revision: str = "main") 
                         "the id, or log in with `hf auth login` for a gated model") from None
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
         raise UserError(f"backbone: cannot download '{repo_id}' ({_first_line(err)}); this runs on the submit host, "
-                        f"which needs internet, or fill the cache elsewhere: {fetch_command(repo_id, cache_dir)}"
+                        f"which needs internet, or fill the cache elsewhere: "
+                        f"{fetch_command(repo_id, cache_dir, revision)}"
                         ) from None
     folder = Path(folder)
     if not _complete(folder):
@@ -71,8 +73,9 @@ def fetch_backbone(repo_id: str, cache_dir: str | Path, revision: str = "main") 
     return _describe(repo_id, folder)
 
 
-def resolve_backbone(name_or_path: str, cache_dir: str | Path | None = None) -> str:
-    """A local folder for ``name_or_path``: itself when it is one, else the hub id's snapshot in the cache.
+def resolve_backbone(name_or_path: str, cache_dir: str | Path | None = None, revision: str = "main") -> str:
+    """A local folder for ``name_or_path``: itself when it is one, else the hub id's snapshot at ``revision`` (a
+    branch or tag the cache has a ref for, or a commit) in the cache.
 
     Offline (``HF_HUB_OFFLINE=1``, how the workflow runs every compute job) a hub id missing from the cache is a
     one-line error naming the model and the command that fetches it. Online, an uncached hub id is returned as
@@ -89,14 +92,15 @@ def resolve_backbone(name_or_path: str, cache_dir: str | Path | None = None) -> 
         raise UserError(f"backbone: folder '{name_or_path}' not found (and it is not a hub id); fix the path") from None
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)
-    snapshot = cached_snapshot_folder(name_or_path, cache)
+    snapshot = cached_snapshot_folder(name_or_path, cache, revision)
     if snapshot is not None and _complete(snapshot):
         return str(snapshot)
     if offline():
+        at = "" if revision == "main" else f" at revision {revision}"
         raise UserError(
-            f"backbone: '{name_or_path}' is not in the hub cache {cache}, and this job runs offline (compute nodes "
-            f"cannot reach the hub); fetch it on the submit host: `snakemake fetch --config grid=<grid>` or "
-            f"`{fetch_command(name_or_path, cache)}`"
+            f"backbone: '{name_or_path}'{at} is not in the hub cache {cache}, and this job runs offline (compute "
+            f"nodes cannot reach the hub); fetch it on the submit host: `snakemake fetch --config grid=<grid>` or "
+            f"`{fetch_command(name_or_path, cache, revision)}`"
         )
     return name_or_path
 

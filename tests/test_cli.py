@@ -51,7 +51,7 @@ def train_args(setup: Path, run: Path, method: str = "ee") -> list[str | Path]:
 
 def finish_run(setup: Path, run: Path) -> None:
     """Calibrate, evaluate and compute curves of a trained run (the rest of the workflow's per-run chain)."""
-    sweet("calibrate", "--model", run / "model", "--task-dir", setup / "task", "--splits", setup / "splits.json",
+    sweet("calibrate", "--model", run / "model", "--task-dir", setup / "task", "--splits", setup / "calibration.json",
           "--out", run / "temperatures.json")
     sweet("evaluate", "--model", run / "model", "--task-dir", setup / "task", "--temperatures",
           run / "temperatures.json", "--out", run / "logits.npz")
@@ -69,7 +69,7 @@ def setup(tmp_path_factory) -> Path:
     sweet("prepare", "--task", "synthetic", "--task-spec", json.dumps(TASK_SPEC), "--out", root / "task")
     sweet("init-backbone", "--model-spec", json.dumps(MODEL_SPEC), "--out", root / "backbone")
     sweet("split", "--task-dir", root / "task", "--budget", "200", "--seed", "3", "--calibration-size", "100",
-          "--out", root / "splits.json")
+          "--out", root / "splits.json", "--calibration-out", root / "calibration.json")
     return root
 
 
@@ -284,7 +284,7 @@ def test_hub_backbone_is_fetched_once_then_read_offline(setup: Path, tmp_path: P
     try:
         fetched = sweet("fetch", "--model", "sweet-ci/tiny-bert", "--hub-cache", cache, "--out", tmp_path / "f.json",
                         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": endpoint})
-        assert "sweet-ci/tiny-bert: revision" in fetched.stderr
+        assert "sweet-ci/tiny-bert: main is commit" in fetched.stderr
         assert any("/resolve/" in r for r in hub.requests)
         record = json.loads((tmp_path / "f.json").read_text())
         assert {"config.json", "model.safetensors", "vocab.txt"} <= set(record["files"])

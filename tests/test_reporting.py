@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from test_figures import write_fake_grid, write_fake_run
 
+from sweet.config import load_config_file, merge, validate
+from sweet.layout import grid_runs as layout_grid_runs
 from sweet.reporting.figures import make_figures
 from sweet.reporting.report import make_report
 from sweet.reporting.runs import grid_runs, last_finished_grid, run_status, runs_fingerprint
@@ -20,14 +22,18 @@ from sweet.reporting.tables import aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["runs", "collect", "statistics", "claims", "tables", "figures", "report", "cli"]
-RUN = "synthetic/tiny-bert/b100/{method}/s{seed}"
+TRAINED = "synthetic/tiny-bert/b100/{method}-0000000{seed}/s{seed}"  # a run folder below results/runs/
+RUN = TRAINED + "/cal-pool1000"  # its calibrated folder, which the reporting reads
 
 
-def spec(name: str = "g", methods=("ee", "sweet", "mm"), seeds=(1, 2)) -> dict:
+def spec(name: str = "g", methods=("ee", "sweet", "mm"), seeds=(1, 2), root: str = "results") -> dict:
+    runs = [{"dir": f"{root}/runs/{TRAINED.format(method=m, seed=s)}",
+             "calibrated_dir": f"{root}/runs/{RUN.format(method=m, seed=s)}", "run_id": f"0000000{s}", "settings": ""}
+            for m in methods for s in seeds]
     return {"name": name, "tasks": ["synthetic"], "models": ["tiny-bert"], "budgets": [100], "methods": list(methods),
             "seeds": list(seeds), "exit_layers": {"tiny-bert": [1, 4, 6, 12]},
             "training": {"tiny-bert": {"learning_rate": 0.001, "epochs": 8}}, "calibrate_on": "pool",
-            "calibration_size": 1000}
+            "calibration_size": 1000, "runs": runs}
 
 
 def write_log(results: Path, step: str, run: str, text: str, member: int | None = None) -> Path:
@@ -50,7 +56,7 @@ def test_reporting_modules_import_only_earlier_stages() -> None:
     tree = ast.parse((ROOT / "sweet" / "reporting" / "runs.py").read_text())
     modules = {n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(tree)
                if isinstance(n, ast.Import | ast.ImportFrom) for a in (n.names if isinstance(n, ast.Import) else [n])}
-    assert modules <= {"__future__", "hashlib", "re", "dataclasses", "pathlib", "sweet.config"}, modules
+    assert modules <= {"__future__", "hashlib", "re", "dataclasses", "pathlib", "sweet.layout"}, modules
     assert not (ROOT / "sweet" / "aggregate.py").exists() and not (ROOT / "sweet" / "plots.py").exists()
 
 
@@ -58,23 +64,24 @@ def test_reporting_modules_import_only_earlier_stages() -> None:
 def test_where_a_run_stands_and_why(tmp_path: Path) -> None:
     results = tmp_path / "results"
     run = lambda method, seed: results / "runs" / RUN.format(method=method, seed=seed)  # noqa: E731
+    trained = lambda method, seed: TRAINED.format(method=method, seed=seed)  # noqa: E731
     write_fake_run(run("ee", 1), "synthetic", "tiny-bert", 100, "ee", 1)
     assert run_status(run("ee", 1)).status == "finished"
     assert run_status(run("ee", 2)).status == "never started"
 
     # a user error in training: the `error:` line is the reason
-    run("sweet", 1).mkdir(parents=True)
-    (run("sweet", 1) / "splits.json").write_text("{}")
-    write_log(results, "split", RUN.format(method="sweet", seed=1), "wrote splits\n")
-    log = write_log(results, "train", RUN.format(method="sweet", seed=1), "step 1\nerror: --train-spec: bad lr\n")
+    run("sweet", 1).parent.mkdir(parents=True)
+    (run("sweet", 1).parent / "splits.json").write_text("{}")
+    write_log(results, "split", trained("sweet", 1), "wrote splits\n")
+    log = write_log(results, "train", trained("sweet", 1), "step 1\nerror: --train-spec: bad lr\n")
     status = run_status(run("sweet", 1))
     assert (status.status, status.step, status.detail) == ("failed", "train", "error: --train-spec: bad lr")
     assert status.log == log.as_posix()
     assert status.describe().endswith(f"failed at train: error: --train-spec: bad lr (read {log.as_posix()})")
 
     # a crash in an MM member: the traceback's last line, and which member
-    write_log(results, "train_member", RUN.format(method="mm", seed=1), "ok\n", member=1)
-    write_log(results, "train_member", RUN.format(method="mm", seed=1),
+    write_log(results, "train_member", trained("mm", 1), "ok\n", member=1)
+    write_log(results, "train_member", trained("mm", 1),
               "Traceback (most recent call last):\n  File \"x\"\ntorch.OutOfMemoryError: CUDA out of memory\n", member=2)
     status = run_status(run("mm", 1))
     assert (status.status, status.step) == ("failed", "train (MM member 2)")
@@ -83,11 +90,18 @@ def test_where_a_run_stands_and_why(tmp_path: Path) -> None:
     # killed (or still running) after training: stopped at calibration, no error in any log
     run("ee", 3).mkdir(parents=True)
     for name in ("splits.json", "train_metrics.json"):
-        (run("ee", 3) / name).write_text("{}")
+        (run("ee", 3).parent / name).write_text("{}")
+    (run("ee", 3) / "calibration.json").write_text("{}")
     log = write_log(results, "calibrate", RUN.format(method="ee", seed=3), "calibrating\n")
     status = run_status(run("ee", 3))
     assert (status.status, status.step, status.log) == ("not finished", "calibrate", log.as_posix())
     assert "still running, or killed" in status.describe()
+
+    # a folder whose run.json records another run id holds other settings' results: never this grid's
+    (run("ee", 1).parent / "run.json").write_text(json.dumps({"run_id": "ffffffff", "identity": {"x": 1}}))
+    status = run_status(run("ee", 1), expected_id="00000001")
+    assert status.status == "other settings" and "'ffffffff', not 00000001" in status.describe()
+    assert run_status(run("ee", 1)).status == "finished"  # without a grid's expectation: what the folder holds
 
 
 # ------------------------------------------------------------------------------------------------ partial grid
@@ -95,15 +109,16 @@ def test_where_a_run_stands_and_why(tmp_path: Path) -> None:
 def partial_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A grid of 6 runs: 5 finished, SWEET seed 2 failed in training."""
     results = tmp_path_factory.mktemp("partial") / "results"
-    runs = grid_runs({"grids": {"g": spec()}}, "g", results.as_posix())
+    grid = spec(root=results.as_posix())
+    runs = [path for path, _ in grid_runs(grid)]
     for path in runs:
-        method, seed = path.split("/")[-2], int(path.split("/")[-1][1:])
+        method, seed = path.split("/")[-3].split("-")[0], int(path.split("/")[-2][1:])
         if (method, seed) != ("sweet", 2):
             write_fake_run(Path(path), "synthetic", "tiny-bert", 100, method, seed)
-    failed = RUN.format(method="sweet", seed=2)
-    (results / "runs" / failed).mkdir(parents=True)
-    write_log(results, "train", failed, "Traceback (most recent call last):\nValueError: loss is nan\n")
-    aggregate(runs, results / "g" / "tables", spec())
+    (results / "runs" / TRAINED.format(method="sweet", seed=2)).mkdir(parents=True)
+    write_log(results, "train", TRAINED.format(method="sweet", seed=2),
+              "Traceback (most recent call last):\nValueError: loss is nan\n")
+    aggregate(runs, results / "g" / "tables", grid)
     make_figures(results / "g" / "tables", results / "g" / "figures", formats=("png",))
     make_report(results / "g" / "tables", results / "g" / "figures", results / "g" / "report.html")
     return results
@@ -115,7 +130,7 @@ def test_partial_grid_is_marked_and_lists_the_missing_run(partial_grid: Path) ->
     assert status == ("PARTIAL: 5 of 6 runs of grid 'g' finished; these tables leave out the other 1 (1 failed), "
                       "listed with the log to read in missing_runs.txt.\n")
     assert (partial_grid / "g" / "figures" / "status.txt").read_text() == status
-    log = (partial_grid / "logs" / "train" / RUN.format(method="sweet", seed=2)).as_posix() + ".log"
+    log = (partial_grid / "logs" / "train" / TRAINED.format(method="sweet", seed=2)).as_posix() + ".log"
     missing = (tables / "missing_runs.txt").read_text().splitlines()
     assert missing == [f"{(partial_grid / 'runs' / RUN.format(method='sweet', seed=2)).as_posix()}: failed at "
                        f"train: ValueError: loss is nan (read {log})"]
@@ -131,7 +146,8 @@ def test_partial_grid_is_marked_and_lists_the_missing_run(partial_grid: Path) ->
     assert sweet_ee["n"] == 1 and sweet_ee["verdict"] == "inconclusive (1 seed)"
     mm_ee = claims[(claims["claim"] == "1") & (claims["scope"] == "setting")].iloc[0]
     assert mm_ee["n"] == 2 and mm_ee["verdict"] in ("reproduced", "contradicted", "inconclusive")
-    assert json.loads((tables / "grid.json").read_text()) == spec()
+    assert json.loads((tables / "grid.json").read_text()) == spec(root=partial_grid.as_posix())
+    assert set(runs["run_id"].astype(str).str.zfill(8)) == {"00000001", "00000002"}
 
 
 def test_report_first_page_has_grid_runs_claims_and_the_notice(partial_grid: Path) -> None:
@@ -156,7 +172,7 @@ def test_no_empty_sections_and_captions_follow_the_data(tmp_path: Path) -> None:
     results = tmp_path / "results"
     runs = write_fake_grid(results / "runs", tasks=("synthetic",), budgets=(100,), methods=("sweet", "mm"),
                            seeds=(1,))  # no EE: no gradient-conflict probe, one seed
-    aggregate(runs, results / "g" / "tables", spec(methods=("sweet", "mm"), seeds=(1,)))
+    aggregate(runs, results / "g" / "tables", {**spec(methods=("sweet", "mm"), seeds=(1,)), "runs": []})
     make_figures(results / "g" / "tables", results / "g" / "figures", formats=("png",))
     make_report(results / "g" / "tables", results / "g" / "figures", results / "g" / "report.html")
     html = (results / "g" / "report.html").read_text()
@@ -176,32 +192,41 @@ def test_report_is_byte_reproducible(partial_grid: Path, tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------------ grids
-def test_the_grid_whose_runs_finished_last(tmp_path: Path) -> None:
-    root = (tmp_path / "results").as_posix()
-    config = {"grids": {"small": spec(seeds=(1,)), "big": spec(seeds=(1, 2)), "other": spec(methods=("ee",),
-                                                                                            seeds=(7,))}}
-    assert last_finished_grid(config, root) is None  # a fresh clone
-    for run in grid_runs(config, "small", root):  # small ⊂ big: big's seed-1 runs are small's
-        method = run.split("/")[-2]
-        write_fake_run(Path(run), "synthetic", "tiny-bert", 100, method, 1)
+def _config(grids: dict) -> tuple[dict, dict]:
+    """config.yaml with these grids over the demo's task and model, validated (models resolved)."""
+    config = merge(load_config_file(ROOT / "config.yaml"), {"grids": grids})
+    config["grids"] = grids
+    config["grid"] = next(iter(grids))
+    return config, validate(config, base_dir=ROOT)
+
+
+def test_the_grid_whose_runs_finished_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # results/ is relative to where snakemake runs
+    axes = {"tasks": ["synthetic"], "models": ["tiny-bert"], "budgets": [100]}
+    config, models = _config({"small": {**axes, "methods": ["ee", "sweet", "mm"], "seeds": [1]},
+                              "big": {**axes, "methods": ["ee", "sweet", "mm"], "seeds": [1, 2]},
+                              "other": {**axes, "methods": ["ee"], "seeds": [7]}})
+    assert last_finished_grid(config, models) is None  # a fresh clone
+    for run in layout_grid_runs(config, "small", models):  # small ⊂ big: big's seed-1 runs are small's
+        write_fake_run(Path(run.calibrated_dir), "synthetic", "tiny-bert", 100, run.method, 1)
     # the newest run belongs to both grids: the more complete one, small (3 of 3, big 3 of 6)
-    assert last_finished_grid(config, root) == ("small", 3, 3)
-    other = Path(grid_runs(config, "other", root)[0])
+    assert last_finished_grid(config, models) == ("small", 3, 3)
+    other = Path(layout_grid_runs(config, "other", models)[0].calibrated_dir)
     write_fake_run(other, "synthetic", "tiny-bert", 100, "ee", 7)
     os.utime(other / "curves.csv", ns=(2**62, 2**62))  # later than the rest
-    assert last_finished_grid(config, root) == ("other", 1, 1)
+    assert last_finished_grid(config, models) == ("other", 1, 1)
 
 
 def test_fingerprint_changes_when_a_run_finishes_or_fails(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    runs = grid_runs({"grids": {"g": spec(seeds=(1,))}}, "g", results.as_posix())
-    write_fake_run(Path(runs[0]), "synthetic", "tiny-bert", 100, "ee", 1)
+    runs = grid_runs(spec(seeds=(1,), root=results.as_posix()))
+    write_fake_run(Path(runs[0][0]), "synthetic", "tiny-bert", 100, "ee", 1)
     before = runs_fingerprint(runs)
     assert runs_fingerprint(runs) == before
-    write_log(results, "split", RUN.format(method="sweet", seed=1), "error: budget too large\n")
+    write_log(results, "split", TRAINED.format(method="sweet", seed=1), "error: budget too large\n")
     failed = runs_fingerprint(runs)
     assert failed != before
-    write_fake_run(Path(runs[1]), "synthetic", "tiny-bert", 100, "sweet", 1)
+    write_fake_run(Path(runs[1][0]), "synthetic", "tiny-bert", 100, "sweet", 1)
     assert runs_fingerprint(runs) not in (before, failed)
 
 

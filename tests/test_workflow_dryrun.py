@@ -85,7 +85,7 @@ def test_paper_grid_plans_offline_and_fast(tmp_path: Path) -> None:
     # The disk footprint, with and without kept checkpoints, before anything runs.
     line = next(ln for ln in result.stderr.splitlines() if "expected disk" in ln)
     assert "without checkpoints" in line and "with keep_checkpoints: true" in line
-    assert "results/runs/sst2/microsoft--deberta-base/b6000/mm/s1/model/member_4" in result.stdout
+    assert re.search(r"results/runs/sst2/microsoft--deberta-base/b6000/mm-[0-9a-f]{8}/s1/model/member_4", result.stdout)
     assert not (tmp_path / "results").exists()
 
 
@@ -106,12 +106,12 @@ def test_cluster_groups_calibration_with_evaluation_but_never_with_training(tmp_
 
 def test_keep_checkpoints_keeps_weights(tmp_path: Path) -> None:
     """Trained weights are temp() (deleted once evaluated) unless keep_checkpoints: true."""
-    model = "results/runs/synthetic-smoke/tiny-bert/b200/ee/s1/model\t"
+    model = re.compile(r"results/runs/synthetic-smoke/tiny-bert/b200/ee-[0-9a-f]{8}/s1/model\t")
 
     def model_row(*extra: str) -> str:
         result = dry_run(tmp_path, "--config", "grid=smoke", *extra, "--summary")
         assert result.returncode == 0, result.stderr
-        return next(ln for ln in result.stdout.splitlines() if ln.startswith(model))
+        return next(ln for ln in result.stdout.splitlines() if model.match(ln))
 
     assert "temp" in model_row()
     assert "temp" not in model_row("keep_checkpoints=true")
@@ -140,8 +140,8 @@ grids:
 """
     result = dry_run(tmp_path, overlay=overlay)
     assert result.returncode == 0, result.stderr
-    assert "results/runs/my-task/tiny-3/b100/mm/s3/model/member_2" in result.stdout
-    assert "results/runs/my-task/tiny-bert/b100/ee/s3/logits.npz" in result.stdout
+    assert re.search(r"results/runs/my-task/tiny-3/b100/mm-[0-9a-f]{8}/s3/model/member_2", result.stdout)
+    assert re.search(r"results/runs/my-task/tiny-bert/b100/ee-[0-9a-f]{8}/s3/cal-pool50/logits.npz", result.stdout)
     assert "mydata/train.tsv" in result.stdout  # the local files are inputs of `prepare`
 
 

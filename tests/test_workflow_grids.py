@@ -13,6 +13,9 @@ import pytest
 from test_figures import write_fake_run
 from test_workflow_kill import _copy_tree
 
+from sweet.config import load_config_file, validate
+from sweet.layout import Run, grid_runs
+
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
 
 SMOKE = [("synthetic-smoke", 200, method, 1) for method in ("ee", "sweet", "mm")]
@@ -35,8 +38,20 @@ def snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+def grid_run(repo: Path, task: str, budget: int, method: str, seed: int) -> Run:
+    """The run config.yaml's grids name for these axes (its folder has the run id of its settings)."""
+    config = load_config_file(repo / "config.yaml")
+    models = validate(config, base_dir=repo)
+    for grid in config["grids"]:
+        for run in grid_runs(config, grid, models, base=repo):
+            if (run.task, run.budget, run.method, run.seed) == (task, budget, method, seed):
+                return run
+    raise AssertionError(f"no grid of config.yaml names {task} b{budget} {method} s{seed}")
+
+
 def run_dir(repo: Path, task: str, budget: int, method: str, seed: int) -> Path:
-    return repo / "results" / "runs" / task / "tiny-bert" / f"b{budget}" / method / f"s{seed}"
+    """Where the reporting reads a run: its calibrated folder."""
+    return repo / grid_run(repo, task, budget, method, seed).calibrated_dir
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -65,7 +80,8 @@ def test_two_grids_partial_and_complete_in_one_results_folder(repo: Path) -> Non
     # smoke finishes last, but its MM run failed in training
     for task, budget, method, seed in SMOKE[:2]:
         write_fake_run(run_dir(repo, task, budget, method, seed), task, "tiny-bert", budget, method, seed)
-    failed_log = repo / "results/logs/train_member/synthetic-smoke/tiny-bert/b200/mm/s1/member_3.log"
+    failed = grid_run(repo, *SMOKE[2]).dir.removeprefix("results/runs/")
+    failed_log = repo / f"results/logs/train_member/{failed}/member_3.log"
     failed_log.parent.mkdir(parents=True)
     failed_log.write_text("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
     runs = snapshot(repo / "results" / "runs")
@@ -77,8 +93,8 @@ def test_two_grids_partial_and_complete_in_one_results_folder(repo: Path) -> Non
     tables = repo / "results" / "smoke" / "tables"
     status = (tables / "status.txt").read_text()
     assert status.startswith("PARTIAL: 2 of 3 runs of grid 'smoke' finished")
-    assert "mm/s1: failed at train (MM member 3): RuntimeError: CUDA out of memory (read results/logs/" \
-        "train_member/synthetic-smoke/tiny-bert/b200/mm/s1/member_3.log)" in (tables / "missing_runs.txt").read_text()
+    assert ("s1/cal-pool1000: failed at train (MM member 3): RuntimeError: CUDA out of memory (read results/logs/"
+            f"train_member/{failed}/member_3.log)") in (tables / "missing_runs.txt").read_text()
     assert (repo / "results" / "smoke" / "figures" / "speed_accuracy" / "overview.png").is_file()
     assert "Nothing to be done" in snakemake(repo, "tables").stderr
     snakemake(repo, "report")

@@ -61,7 +61,10 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         missing = [k for k in ("name", "tasks", "models", "budgets", "methods", "seeds") if k not in grid]
         if missing:
             raise UserError(f"--grid-spec: missing key {missing[0]!r}; pass what sweet.config.grid_spec returns")
-        runs += [Path(r) for r in grid_runs({"grids": {grid["name"]: grid}}, grid["name"], args.results)]
+        if "runs" not in grid:
+            raise UserError("--grid-spec: no 'runs' list; pass what sweet.config.grid_spec returns")
+        runs += [Path(args.results) / Path(r).relative_to("results") if args.results != RESULTS else Path(r)
+                 for r, _ in grid_runs(grid)]
     if args.runs_file:
         path = Path(args.runs_file)
         if not path.is_file():
@@ -106,7 +109,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "and runs without results are listed with the reason")
     p.add_argument("--results", default=RESULTS, help=f"where the grid's runs/ and logs/ are (default {RESULTS})")
     p.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR",
-                   help="run folders (results/runs/<task>/<model>/b<budget>/<method>/s<seed>)")
+                   help="calibrated run folders (results/runs/<task>/<model>/b<budget>/<method>-<run id>/s<seed>/cal-…)")
     p.add_argument("--runs-file", help="a file listing run folders, one per line")
     p.add_argument("--runs-root", help="also take every run folder found under this folder")
     p.add_argument("--logs", help="the steps' logs (default: logs/ beside the runs' runs/ folder)")

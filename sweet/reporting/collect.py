@@ -15,19 +15,23 @@ from pathlib import Path
 import pandas as pd
 
 from sweet.errors import UserError
-from sweet.reporting.runs import RunStatus, run_status
+from sweet.reporting.runs import RunStatus, run_file, run_status, training_dir
 
 RUN_KEYS = ["task", "model", "budget", "method", "seed"]
 GROUP_KEYS = ["task", "model", "budget"]  # a setting: one speed–accuracy figure, one block of a table
 CURVE_COLUMNS = [*RUN_KEYS, "strategy", "threshold", "score", "metric", "speedup", "layer_fraction", "flops_fraction"]
 EXIT_COLUMNS = [*RUN_KEYS, "exit", "exit_layer", "score", "metric"]
 CONFLICT_COLUMNS = [*RUN_KEYS, "step", "block", "exit", "other", "cosine"]
-RUN_COLUMNS = [*RUN_KEYS, "status", "stopped_at", "log", "detail", "git_commit", "torch", "transformers", "run"]
+# What every run's CSVs carry besides RUN_KEYS (sweet.layout.Run.meta), so results/ CSVs filter by settings.
+SETTINGS_KEYS = ["run_id", "settings", "calibration"]
+RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail", "backbone_revision",
+               "git_commit", "torch", "transformers", "run"]
 STRING_COLUMNS = {"task": str, "model": str, "method": str, "metric": str, "strategy": str, "other": str,
-                  "status": str, "stopped_at": str, "log": str, "detail": str, "git_commit": str, "run": str}
+                  "status": str, "stopped_at": str, "log": str, "detail": str, "git_commit": str, "run": str,
+                  "run_id": str, "settings": str, "calibration": str, "backbone_revision": str}
 METHOD_ORDER = ["ee", "sweet", "mm"]
 DISPLAY = {"ee": "EE", "sweet": "SWEET", "mm": "MM"}
-_RUN_PATH = re.compile(r"^b(?P<budget>\d+)/(?P<method>[^/]+)/s(?P<seed>\d+)$")
+_RUN_PATH = re.compile(r"^b(?P<budget>\d+)/(?P<method>[a-z0-9_]+)(-(?P<run_id>[0-9a-f]{8}))?/s(?P<seed>\d+)$")
 
 
 def display_name(method: str) -> str:
@@ -87,36 +91,44 @@ class Collected:
 
 
 def discover_runs(root: str | Path) -> list[Path]:
-    """Run folders under ``root``: any folder holding a run output or its ``splits.json`` (a started run)."""
+    """Run folders under ``root``: every calibrated folder (``cal-…``, or any folder holding a run's curves), and
+    every started run (its ``splits.json``) that has none yet."""
     root = Path(root)
-    found = {p.parent for name in ("curves.csv", "individual_exits.csv", "splits.json") for p in root.rglob(name)}
+    found = {p.parent for name in ("curves.csv", "individual_exits.csv", "calibration.json") for p in root.rglob(name)}
+    trained = {p.parent for p in root.rglob("splits.json")}
+    found |= {run for run in trained if run not in found and not any(f.parent == run for f in found)}
     return sorted(found, key=str)
 
 
 def collect(
-    run_dirs: Iterable[str | Path], logs_root: str | Path | None = None, model_names: dict[str, str] | None = None
+    run_dirs: Iterable[str | Path], logs_root: str | Path | None = None, model_names: dict[str, str] | None = None,
+    expected_ids: dict[str, str] | None = None,
 ) -> Collected:
     """Concatenate the finished runs' CSVs; say for every run whether it finished and, if not, why.
 
-    ``logs_root`` is where the steps' logs are (results/logs beside results/runs by default); ``model_names``
-    maps model folder names back to configuration names (microsoft--deberta-base → microsoft/deberta-base) for
-    runs that left no CSV to read them from. Frames are sorted by run identity, so the result does not depend on
-    the order the folders were given in.
+    ``run_dirs`` are calibrated run folders (sweet.reporting.runs). ``logs_root`` is where the steps' logs are
+    (results/logs beside results/runs by default); ``model_names`` maps model folder names back to configuration
+    names (microsoft--deberta-base → microsoft/deberta-base) for runs that left no CSV to read them from;
+    ``expected_ids`` (folder → run id, a grid's) makes a folder that records another run id count as missing,
+    never as the grid's. Frames are sorted by run identity, so the result does not depend on the order the
+    folders were given in.
     """
     dirs = sorted({Path(d) for d in run_dirs}, key=str)
+    expected = {Path(k).as_posix(): v for k, v in (expected_ids or {}).items()}
     curves, exits, conflicts, statuses = [], [], [], []
     for run in dirs:
-        status = run_status(run, logs_root)
+        status = run_status(run, logs_root, expected.get(run.as_posix()))
         identity = _identity_from_path(run, model_names or {})
         if status.finished:
             run_exits = _read_run_csv(run / "individual_exits.csv", EXIT_COLUMNS)
             curves.append(_read_run_csv(run / "curves.csv", CURVE_COLUMNS))
             exits.append(run_exits)
-            conflict_path = run / "gradient_conflict.csv"
+            conflict_path = run_file(run, "gradient_conflict.csv")
             if conflict_path.is_file():
                 conflicts.append(_read_run_csv(conflict_path, CONFLICT_COLUMNS))
             if not run_exits.empty:
-                identity = {k: run_exits[k].iloc[0] for k in RUN_KEYS}
+                identity.update({k: run_exits[k].iloc[0] for k in [*RUN_KEYS, *SETTINGS_KEYS]
+                                 if k in run_exits.columns})
         statuses.append(_status_row(run, status, identity))
     curves_df = _concat(curves, CURVE_COLUMNS)
     exits_df = _concat(exits, EXIT_COLUMNS)
@@ -162,30 +174,34 @@ def _check_unique(frame: pd.DataFrame, keys: list[str], name: str) -> None:
 
 
 def _identity_from_path(run: Path, model_names: dict[str, str]) -> dict:
-    """task/model/b<budget>/<method>/s<seed> from the folder's last five parts (blank when it is laid out
+    """task/model/b<budget>/<method>-<run id>/s<seed>[/cal-…] from the folder's path (blank where it is laid out
     otherwise)."""
-    parts = run.parts[-5:]
+    calibration = run.name if run.name.startswith("cal-") else ""
+    parts = training_dir(run).parts[-5:]
     match = _RUN_PATH.match("/".join(parts[2:])) if len(parts) == 5 else None
     if match is None:
-        return dict.fromkeys(RUN_KEYS, "")
+        return {**dict.fromkeys(RUN_KEYS, ""), "run_id": "", "settings": "", "calibration": calibration}
     return {"task": parts[0], "model": model_names.get(parts[1], parts[1]), "budget": int(match["budget"]),
-            "method": match["method"], "seed": int(match["seed"])}
+            "method": match["method"], "seed": int(match["seed"]), "run_id": match["run_id"] or "",
+            "settings": "", "calibration": calibration}
 
 
 def _status_row(run: Path, status: RunStatus, identity: dict) -> dict:
-    provenance = _provenance(run) if status.finished else {}
+    record = _training_record(run) if status.finished else {}
+    provenance = record.get("provenance") or {}
     versions = provenance.get("versions") or {}
     return {**identity, "status": status.status, "stopped_at": status.step, "log": status.log, "detail": status.detail,
+            "backbone_revision": record.get("backbone_revision") or "",
             "git_commit": provenance.get("git_commit", ""), "torch": versions.get("torch") or "",
             "transformers": versions.get("transformers") or "", "run": run.as_posix()}
 
 
-def _provenance(run: Path) -> dict:
-    """Library versions and git commit from the run's training record (MM: its first member's)."""
-    for record in (run / "train_metrics.json", run / "members" / "member_1.json"):
+def _training_record(run: Path) -> dict:
+    """The run's training record (MM: its first member's): library versions, git commit, backbone revision."""
+    for record in (run_file(run, "train_metrics.json"), training_dir(run) / "members" / "member_1.json"):
         if record.is_file():
             try:
-                return json.loads(record.read_text()).get("provenance") or {}
+                return json.loads(record.read_text())
             except (OSError, json.JSONDecodeError):
                 return {}
     return {}

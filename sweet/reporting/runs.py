@@ -1,11 +1,15 @@
 """Which runs a grid names, which of them finished, and why the others did not.
 
-Standard library only: the Snakefile imports this module while it plans (to find the grid whose runs finished
-last, and to notice when more runs of a partial grid have finished), and planning must stay fast.
+Standard library only (and ``sweet.layout``): the Snakefile imports this module while it plans (to find the grid
+whose runs finished last, and to notice when more runs of a partial grid have finished), and planning must stay
+fast.
 
-The layout is the workflow's: a run lives in ``results/runs/<task>/<model folder>/b<budget>/<method>/s<seed>/``
-and each of its steps logs to ``results/logs/<step>/<the same five parts>.log`` (an MM member's training to
-``results/logs/train_member/<the five parts>/member_<k>.log``).
+The layout is ``sweet.layout``'s. A run is given by its *calibrated* folder
+``results/runs/<task>/<model folder>/b<budget>/<method>-<run id>/s<seed>/cal-<…>/`` (curves and logits), whose
+parent holds the training (splits, run.json, the training record). Each training step logs to
+``results/logs/<step>/<the run folder below runs/>.log`` (an MM member's to ``…/member_<k>.log``), each
+calibrated step to ``results/logs/<step>/<the calibrated folder below runs/>.log``. A folder that holds
+everything itself (hand-made, or the layout before run ids) is read the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweet.config import RESULTS, slug
+from sweet.layout import grid_runs as layout_grid_runs
+from sweet.layout import record_mismatch
 
 FINAL_FILES = ("curves.csv", "individual_exits.csv")  # a run is finished when both exist
 # A run's steps in workflow order, with the file each leaves in the run folder (None: nothing that lasts; MM's
@@ -25,10 +30,12 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("train", "train_metrics.json"),
     ("train_member", "members"),
     ("combine", None),
+    ("calibration_split", "calibration.json"),
     ("calibrate", "temperatures.json"),
     ("evaluate", "logits.npz"),
     ("curves", "curves.csv"),
 )
+CALIBRATED_STEPS = ("calibration_split", "calibrate", "evaluate", "curves")  # their files: the calibrated folder
 NOT_FOR = {"mm": {"train"}, "ee": {"train_member", "combine"}, "sweet": {"train_member", "combine"}}
 LOG_TAIL_BYTES = 64 * 1024  # an error is at the end of a log; training logs can be long
 
@@ -36,7 +43,8 @@ LOG_TAIL_BYTES = 64 * 1024  # an error is at the end of a log; training logs can
 @dataclass(frozen=True)
 class RunStatus:
     """Where one run stands: ``finished``, ``failed`` (a step's log ends in an error), ``not finished`` (started,
-    stopped without an error: still running, or killed) or ``never started``."""
+    stopped without an error: still running, or killed), ``never started``, or ``other settings`` (the folder
+    holds results whose recorded run id is not the one the grid asks for: never counted as the grid's)."""
 
     run: str
     status: str
@@ -56,20 +64,28 @@ class RunStatus:
             where = f"read {self.log}" if self.log else "no log yet"
             return (f"{self.run}: not finished, stopped at {self.step} (still running, or killed by a time or "
                     f"memory limit or pre-emption; {where}, and on a cluster .snakemake/slurm_logs/)")
+        if self.status == "other settings":
+            return f"{self.run}: not this grid's run: {self.detail}"
+        if self.detail:
+            return f"{self.run}: {self.status} ({self.detail})"
         return f"{self.run}: {self.status}"
 
 
-def grid_runs(config: dict, grid: str, root: str = RESULTS) -> list[str]:
-    """The run folders a grid names, in the workflow's order (task, model, budget, method, seed)."""
-    axes = config["grids"][grid]
-    return [
-        f"{root}/runs/{task}/{slug(model)}/b{budget}/{method}/s{seed}"
-        for task in axes["tasks"]
-        for model in axes["models"]
-        for budget in axes["budgets"]
-        for method in axes["methods"]
-        for seed in axes["seeds"]
-    ]
+def grid_runs(grid: dict) -> list[tuple[str, str]]:
+    """``(calibrated folder, run id)`` of every run a grid spec names (sweet.config.grid_spec), in its order."""
+    return [(run["calibrated_dir"], run["run_id"]) for run in grid.get("runs", [])]
+
+
+def training_dir(run: str | Path) -> Path:
+    """The folder holding a run's training: the parent of a calibrated folder, else the folder itself."""
+    run = Path(run)
+    return run.parent if run.name.startswith("cal-") else run
+
+
+def run_file(run: str | Path, name: str) -> Path:
+    """A run's file, in the calibrated folder or, for training files, in its training folder."""
+    path = Path(run) / name
+    return path if path.exists() else training_dir(run) / name
 
 
 def is_finished(run: str | Path) -> bool:
@@ -78,16 +94,21 @@ def is_finished(run: str | Path) -> bool:
 
 def default_logs_root(run: str | Path) -> Path | None:
     """results/logs beside results/runs, when ``run`` sits in the workflow's layout."""
-    run = Path(run)
-    if len(run.parts) < 6 or run.parents[4].name != "runs":
+    parts = Path(run).parts
+    if "runs" not in parts:
         return None
-    return run.parents[5] / "logs"
+    return Path(*parts[: len(parts) - 1 - parts[::-1].index("runs")]) / "logs"
 
 
-def run_status(run: str | Path, logs_root: str | Path | None = None) -> RunStatus:
-    """Where ``run`` stands, read from its folder and its steps' logs (``logs_root``: results/logs by default)."""
+def run_status(run: str | Path, logs_root: str | Path | None = None, expected_id: str | None = None) -> RunStatus:
+    """Where ``run`` stands, read from its folders and its steps' logs (``logs_root``: results/logs by default).
+    With ``expected_id`` (the run id the grid asks for), a folder recording another id is ``other settings``."""
     run = Path(run)
     name = run.as_posix()
+    if expected_id is not None:
+        mismatch = record_mismatch(training_dir(run), expected_id)
+        if mismatch:
+            return RunStatus(name, "other settings", detail=mismatch)
     if is_finished(run):
         return RunStatus(name, "finished")
     root = Path(logs_root) if logs_root is not None else default_logs_root(run)
@@ -96,9 +117,14 @@ def run_status(run: str | Path, logs_root: str | Path | None = None) -> RunStatu
         detail = _error_line(log)
         if detail:
             return RunStatus(name, "failed", _step_name(step, log), log.as_posix(), detail)
-    steps = [s for s in STEPS if s[0] not in NOT_FOR.get(run.parts[-2], set())]
+    method = training_dir(run).parent.name.split("-")[0]  # <method>-<run id>/s<seed>
+    steps = [s for s in STEPS if s[0] not in NOT_FOR.get(method, set())]
     done = [i for i, (step, evidence) in enumerate(steps) if evidence and _has_evidence(run, step, evidence, logs)]
     if not done and not logs:
+        legacy = _legacy_dir(run)
+        if legacy is not None and is_finished(legacy):
+            return RunStatus(name, "never started", detail=f"results of the layout before run ids are in {legacy}: "
+                             "`python -m sweet migrate-runs` moves them here")
         return RunStatus(name, "never started")
     # The first step after the last one that left its file; its log, or the last log written.
     stopped = steps[min(max(done, default=-1) + 1, len(steps) - 1)][0]
@@ -107,13 +133,13 @@ def run_status(run: str | Path, logs_root: str | Path | None = None) -> RunStatu
     return RunStatus(name, "not finished", stopped, log.as_posix() if log else "")
 
 
-def last_finished_grid(config: dict, root: str = RESULTS) -> tuple[str, int, int] | None:
+def last_finished_grid(config: dict, models: dict | None = None, gpus: int = 0) -> tuple[str, int, int] | None:
     """``(grid, finished runs, runs)`` of the configured grid whose runs finished last, or None when no run of any
     grid has finished. Runs are shared between grids: when the newest run belongs to several, the grid with more
     finished runs wins, then the more complete one."""
     best: tuple | None = None
     for grid in sorted(config["grids"]):
-        runs = grid_runs(config, grid, root)
+        runs = [r.calibrated_dir for r in layout_grid_runs(config, grid, models, gpus)]
         finished = [Path(r) for r in runs if is_finished(r)]
         if not finished:
             continue
@@ -124,16 +150,16 @@ def last_finished_grid(config: dict, root: str = RESULTS) -> tuple[str, int, int
     return None if best is None else best[1:]
 
 
-def runs_fingerprint(runs: list[str], logs_root: str | Path | None = None) -> str:
-    """A short digest of which runs finished (and when their files were written) and why the others did not:
-    it changes exactly when tables drawn from the finished runs would change."""
+def runs_fingerprint(runs: list[tuple[str, str]], logs_root: str | Path | None = None) -> str:
+    """A short digest of which runs (calibrated folder, run id) finished, and when their files were written, and
+    why the others did not: it changes exactly when tables drawn from the finished runs would change."""
     digest = hashlib.sha256()
-    for run in runs:
-        status = run_status(run, logs_root)
+    for run, expected_id in runs:
+        status = run_status(run, logs_root, expected_id)
         digest.update(f"{run}\t{status.status}\t{status.step}\t{status.detail}\n".encode())
         if status.finished:
             for name in (*FINAL_FILES, "gradient_conflict.csv"):
-                path = Path(run) / name
+                path = run_file(run, name)
                 if path.is_file():
                     stat = path.stat()
                     digest.update(f"{name}\t{stat.st_mtime_ns}\t{stat.st_size}\n".encode())
@@ -143,15 +169,27 @@ def runs_fingerprint(runs: list[str], logs_root: str | Path | None = None) -> st
 # ------------------------------------------------------------------------------------------------ internals
 def _step_logs(run: Path, logs_root: Path) -> list[tuple[str, Path]]:
     """The logs the run's steps have written, in workflow order."""
-    rel = Path(*run.parts[-5:])
+    parts = run.parts
+    below = Path(*parts[len(parts) - parts[::-1].index("runs"):]) if "runs" in parts else Path(*parts[-5:])
+    training = below.parent if run.name.startswith("cal-") else below
     found = []
     for step, _ in STEPS:
+        rel = below if step in CALIBRATED_STEPS else training
         if step == "train_member":
             members = (logs_root / step / rel).glob("member_*.log")
             found += [(step, p) for p in sorted(members, key=_member_number)]
         elif (logs_root / step / f"{rel}.log").is_file():
             found.append((step, logs_root / step / f"{rel}.log"))
     return found
+
+
+def _legacy_dir(run: Path) -> Path | None:
+    """Where the layout before run ids kept this run (…/<method>/s<seed>), when ``run`` is a calibrated folder."""
+    if not run.name.startswith("cal-"):
+        return None
+    seed_dir = run.parent
+    method = seed_dir.parent.name.split("-")[0]
+    return seed_dir.parent.parent / method / seed_dir.name
 
 
 def _member_number(path: Path) -> int:
@@ -164,6 +202,8 @@ def _step_name(step: str, log: Path) -> str:
 
 
 def _has_evidence(run: Path, step: str, evidence: str, logs: list[tuple[str, Path]]) -> bool:
+    if step not in CALIBRATED_STEPS:
+        run = training_dir(run)
     if step == "train_member":  # every member that started training has written its record
         records = list((run / evidence).glob("member_*.json"))
         started = [log for s, log in logs if s == step]

@@ -58,9 +58,27 @@ def status_line(runs: pd.DataFrame, grid: str | None = None) -> str:
     if finished == total:
         return f"complete: all {total} runs{of_grid} finished."
     counts = runs.loc[runs["status"] != "finished", "status"].value_counts()
-    why = ", ".join(f"{counts[s]} {s}" for s in ("failed", "not finished", "never started") if s in counts)
+    why = ", ".join(f"{counts[s]} {s}" for s in ("failed", "not finished", "never started", "other settings")
+                    if s in counts)
     return (f"PARTIAL: {finished} of {total} runs{of_grid} finished; these tables leave out the other "
             f"{total - finished} ({why}), listed with the log to read in missing_runs.txt.")
+
+
+def revision_warning(runs: pd.DataFrame) -> str:
+    """A line when the finished runs of one model were trained on more than one revision of its backbone (a hub
+    branch that moved between fetches), else ""."""
+    if "backbone_revision" not in runs.columns:
+        return ""
+    finished = runs[(runs["status"] == "finished") & runs["backbone_revision"].fillna("").ne("")]
+    mixed = []
+    for model, frame in finished.groupby("model", sort=True):
+        counts = frame["backbone_revision"].value_counts()
+        if len(counts) > 1:
+            mixed.append(f"{model} ({', '.join(f'{rev[:12]}: {n} runs' for rev, n in sorted(counts.items()))})")
+    if not mixed:
+        return ""
+    return ("REVISIONS DIFFER: runs of " + "; ".join(mixed) + " were trained on different revisions of their "
+            "backbone; pin one with models.<name>.revision: <commit> (a pinned revision is part of the run id)")
 
 
 def missing_runs_text(runs: pd.DataFrame) -> str:
@@ -187,7 +205,8 @@ TABLES: dict[str, Builder] = {
     "claims.md": lambda i: claims_markdown(_claims(i), i.claims, i.notice),
     "runs.csv": lambda i: i.collected.runs,
     "missing_runs.txt": lambda i: missing_runs_text(i.collected.runs),
-    "status.txt": lambda i: status_line(i.collected.runs, i.grid.get("name")) + "\n",
+    "status.txt": lambda i: "".join(line + "\n" for line in (status_line(i.collected.runs, i.grid.get("name")),
+                                                                revision_warning(i.collected.runs)) if line),
     "grid.json": lambda i: i.grid,
 }
 
@@ -221,5 +240,6 @@ def aggregate(
     ``grid`` is the grid's definition (sweet.config.grid_spec) when the runs are a grid's: the tables then name
     it, and runs that left nothing behind get their model's configuration name."""
     model_names = {slug(m): m for m in (grid or {}).get("models", [])}
-    collected = collect(run_dirs, logs_root, model_names)
+    expected = {run["calibrated_dir"]: run["run_id"] for run in (grid or {}).get("runs", [])}
+    collected = collect(run_dirs, logs_root, model_names, expected)
     return write_tables(out_dir, TableInputs(collected, grid or {}, speedups, claims or ClaimSettings()))

@@ -1,16 +1,25 @@
 # Grid expansion, per-run paths and per-job resources, shared by every rule file.
 #
-# A run is (task, model, budget, method, seed); its files live under
-#   results/runs/<task>/<model slug>/b<budget>/<method>/s<seed>/
-# Every path component comes from a validated name. Outputs live under results/, except the two places the user
-# names on purpose: the hub cache (`hub_cache`) and the checkpoints' scratch root (`scratch_dir`).
+# The run layout is sweet.layout's (its docstring has the map): a run's training lives in
+#   results/runs/<task>/<model slug>/b<budget>/<method>-<run id>/s<seed>/
+# and its calibration, evaluation and curves in the subfolder named by the calibration settings (cal-pool<N> or
+# cal-eval). The run id is a digest of everything that changes the run's numbers, so two grids that ask for the
+# same run share its folder and two that differ never do. Every path component comes from a validated name.
+# Outputs live under results/, except the two places the user names on purpose: the hub cache (`hub_cache`) and
+# the checkpoints' scratch root (`scratch_dir`).
 
 import ast
 import functools
 import json
 import re
+import shlex
 
-RUN = "results/runs/{task}/{model}/b{budget}/{method}/s{seed}"  # rules spell it out, as the linter prefers
+from sweet.layout import CALIBRATED_PATTERN, RUN_PATTERN, RUN_RELATIVE, grid_runs
+
+RUN = RUN_PATTERN  # results/runs/{task}/{model}/b{budget}/{method}-{run_id}/s{seed}
+CAL = CALIBRATED_PATTERN  # RUN/{calibration}
+LOG_RUN = RUN_RELATIVE  # the same below results/logs/<step>/
+LOG_CAL = RUN_RELATIVE + "/{calibration}"
 GRID = config["grids"][config["grid"]]
 SLUG_TO_MODEL = {m.slug: m for m in MODELS.values()}
 KEEP = bool(config.get("keep_checkpoints", False))
@@ -18,22 +27,24 @@ THREADS = int(config.get("threads", 1))
 EVAL_BATCH = int(config.get("eval_batch_size", 64))
 
 
-class Location:
-    """A path a job is told where to read or keep things (hub cache, checkpoint scratch), not what to compute.
+class Untracked:
+    """A value a job is given that says where to read or keep things, or how often to checkpoint, not what to
+    compute (hub cache, checkpoint scratch, the training options' operational part).
 
     Snakemake reruns a job whose params changed since its outputs were made, comparing the params it can record
-    (plain Python values); values of other types are left out of that comparison. Wrapping a location keeps it
-    out, so pointing `hub_cache` or `scratch_dir` somewhere else never retrains finished runs. Formats as the path.
+    (plain Python values); values of other types are left out of that comparison. Wrapping a value keeps it out,
+    so pointing `hub_cache` or `scratch_dir` elsewhere, or a new `save_steps`, never retrains finished runs (what a
+    run computes is its folder's run id). Formats as the value.
     """
 
-    def __init__(self, path):
-        self.path = str(path)
+    def __init__(self, value):
+        self.value = str(value)
 
     def __str__(self):
-        return self.path
+        return self.value
 
     def __format__(self, spec):
-        return format(self.path, spec)
+        return format(self.value, spec)
 
 
 wildcard_constraints:
@@ -41,7 +52,9 @@ wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     budget=r"[1-9][0-9]*",
     method=r"ee|sweet|mm",
+    run_id=r"[0-9a-f]{8}",
     seed=r"[0-9]+",
+    calibration=r"cal-(pool[1-9][0-9]*|eval)",
     k=r"[1-9][0-9]*",
 
 
@@ -50,9 +63,22 @@ def maybe_temp(path):
     return path if KEEP else temp(path)
 
 
+@functools.cache
+def grid_run_index():
+    """The selected grid's runs by their wildcards (computed once, after the GPU count is known)."""
+    return {(r.task, r.model_slug, str(r.budget), r.method, r.run_id, str(r.seed)): r
+            for r in grid_runs(config, config["grid"], MODELS, gpus=JOB_GPUS)}
+
+
 def run_of(wildcards):
-    """The run folder of a job's wildcards."""
-    return RUN.format(**{k: wildcards[k] for k in ("task", "model", "budget", "method", "seed")})
+    """The run (sweet.layout.Run) a job's wildcards name."""
+    key = tuple(str(wildcards[k]) for k in ("task", "model", "budget", "method", "run_id", "seed"))
+    try:
+        return grid_run_index()[key]
+    except KeyError:
+        raise ValueError(f"{RUN.format(**dict(zip(('task', 'model', 'budget', 'method', 'run_id', 'seed'), key)))}: "
+                         f"not a run of grid '{config['grid']}' (its settings differ); name its grid with "
+                         "--config grid=NAME") from None
 
 
 def model_of(wildcards):
@@ -61,18 +87,12 @@ def model_of(wildcards):
 
 def run_dirs():
     """Every run of the selected grid, in a stable order."""
-    return [
-        RUN.format(task=t, model=MODELS[m].slug, budget=b, method=x, seed=s)
-        for t in GRID["tasks"]
-        for m in GRID["models"]
-        for b in GRID["budgets"]
-        for x in GRID["methods"]
-        for s in GRID["seeds"]
-    ]
+    return list(grid_run_index().values())
 
 
-def run_files(name, methods=("ee", "sweet", "mm")):
-    return [f"{d}/{name}" for d in run_dirs() if d.split("/")[-2] in methods]
+def run_files(name, methods=("ee", "sweet", "mm"), calibrated=True):
+    """A file of every run of the grid: from the calibration subfolder, or (calibrated=False) from the training's."""
+    return [f"{r.calibrated_dir if calibrated else r.dir}/{name}" for r in run_dirs() if r.method in methods]
 
 
 def task_inputs(wildcards):
@@ -85,8 +105,26 @@ def task_dir(wildcards):
     return f"results/data/{wildcards.task}"
 
 
+def run_record(wildcards):
+    """run.json: the run's identity (what its id digests), written before it trains."""
+    return json.dumps(run_of(wildcards).record(), sort_keys=True)
+
+
+def calibration_args(wildcards):
+    """`--calibrate-on … --calibration-size …` from the calibration subfolder's name (it is the settings)."""
+    if wildcards.calibration == "cal-eval":
+        return f"--calibrate-on eval --calibration-size {int(config.get('calibration_size', 1000))}"
+    return f"--calibrate-on pool --calibration-size {wildcards.calibration.removeprefix('cal-pool')}"
+
+
 # ---------------------------------------------------------------------------------------------- backbones
 HUB_CACHE = str(Path(config.get("hub_cache", "results/hub-cache")).expanduser())
+
+
+def revision_arg(wildcards):
+    """`--revision R` for a hub backbone pinned to a branch, tag or commit (else main)."""
+    model = model_of(wildcards)
+    return f"--revision {shlex.quote(model.revision)}" if model.kind == "hub" and model.revision else ""
 
 
 def backbone_arg(wildcards):
@@ -104,8 +142,22 @@ def backbone_input(wildcards):
     if model.kind == "hub":
         # ancient: fetching again (into a new hub_cache, say) gives the same backbone revision or records a new
         # one in train_metrics.json; it orders the jobs but never retrains finished runs by itself.
-        return [ancient(f"results/backbones/{model.slug}.fetched.json")]
+        return [ancient(fetched_record(model))]
     return [backbone_arg(wildcards)]
+
+
+def fetch_name(model):
+    """A hub backbone at its configured revision, as a file name: <slug>, or <slug>@<revision> when pinned."""
+    revision = model.revision or "main"
+    return model.slug if revision == "main" else f"{model.slug}@{re.sub(r'[^A-Za-z0-9._-]', '_', revision)}"
+
+
+def fetched_record(model):
+    """What `fetch_backbone` writes for a hub backbone at its configured revision (the commit it resolved to)."""
+    return f"results/backbones/{fetch_name(model)}.fetched.json"
+
+
+FETCHED = {fetch_name(m): m for m in MODELS.values() if m.kind == "hub"}
 
 
 def slugs_of(kind):
@@ -119,8 +171,9 @@ def hub_models():
 
 
 def train_spec(wildcards):
-    """The run's training options as canonical JSON: a changed option reruns exactly the affected jobs."""
-    return json.dumps(merged_training(config, model_of(wildcards)), sort_keys=True)
+    """The run's training options as JSON. Untracked: what changes a run's numbers is in its run id (its folder),
+    so what is left to change here is operational (save_steps, precision on a CPU) and retrains nothing."""
+    return Untracked(json.dumps(merged_training(config, model_of(wildcards)), sort_keys=True))
 
 
 def exit_layers_arg(wildcards):
@@ -135,7 +188,7 @@ def pooling_arg(wildcards):
 
 def model_inputs(wildcards):
     """The trained model a run's calibration and evaluation read: one folder, or MM's members + config."""
-    run = run_of(wildcards)
+    run = run_of(wildcards).dir
     if wildcards.method != "mm":
         return [f"{run}/model"]
     members = [f"{run}/model/member_{k}" for k in range(1, len(model_of(wildcards).exit_layers) + 1)]
@@ -147,29 +200,26 @@ def member_dirs(wildcards):
 
 
 def model_dir(wildcards):
-    return f"{run_of(wildcards)}/model"
+    return f"{run_of(wildcards).dir}/model"
 
 
 def checkpoint_dir(wildcards):
     """Where a training job keeps its checkpoints (resumed from after a kill): beside the model, or under
     scratch_dir when results/ must not hold them."""
     name = f"member_{wildcards.k}.checkpoints" if "k" in wildcards.keys() else "model.checkpoints"
+    run = run_of(wildcards).dir
     if config.get("scratch_dir"):
-        run = run_of(wildcards).removeprefix("results/")
-        return Location(f"{Path(config['scratch_dir']).expanduser()}/{run}/{name}")
-    return Location(f"{run_of(wildcards)}/{'model/' if 'k' in wildcards.keys() else ''}{name}")
+        return Untracked(f"{Path(config['scratch_dir']).expanduser()}/{run.removeprefix('results/')}/{name}")
+    return Untracked(f"{run}/{'model/' if 'k' in wildcards.keys() else ''}{name}")
 
 
 def meta_args(wildcards):
-    """Identity columns of a run's CSVs; the model column holds the config name, not the folder slug."""
-    meta = {
-        "task": wildcards.task,
-        "model": model_of(wildcards).name,
-        "budget": wildcards.budget,
-        "method": wildcards.method,
-        "seed": wildcards.seed,
-    }
-    return " ".join(f"{k}={v}" for k, v in meta.items())
+    """Identity columns of a run's CSVs (sweet.layout.Run.meta: the model column holds the config name, not the
+    folder slug; run_id, the non-default settings and, for calibrated files, the calibration)."""
+    meta = run_of(wildcards).meta()
+    if "calibration" not in wildcards.keys():
+        meta.pop("calibration")
+    return " ".join(shlex.quote(f"{k}={v}") for k, v in meta.items())
 
 
 # ---------------------------------------------------------------------------------------------- offline jobs

@@ -1,6 +1,6 @@
 # Per task: validated, prepared data (results/data/<task>/); per model: a randomly initialised backbone with its
 # offline tokenizer (inline models, results/backbones/<model>/) or a hub backbone fetched into the hub cache
-# (results/backbones/<model>.fetched.json records which revision). All run on the submit host (localrules):
+# (results/backbones/<model>[@<revision>].fetched.json records the commit the configured revision resolved to). All run on the submit host (localrules):
 # they are what needs the network, which compute nodes often lack.
 
 
@@ -43,24 +43,26 @@ rule init_backbone:
 rule fetch_backbone:
     """Download a hub backbone (config, tokenizer, safetensors weights) into the hub cache, once."""
     output:
-        "results/backbones/{model}.fetched.json",
+        "results/backbones/{fetch}.fetched.json",
     wildcard_constraints:
-        model=slugs_of("hub"),
+        fetch="|".join(re.escape(name) for name in FETCHED) or "(?!x)x",
     params:
-        repo=lambda wildcards: model_of(wildcards).backbone,
+        repo=lambda wildcards: FETCHED[wildcards.fetch].backbone,
+        revision=lambda wildcards: FETCHED[wildcards.fetch].revision or "main",
         hub_cache=HUB_CACHE,
     log:
-        "results/logs/fetch_backbone/{model}.log",
+        "results/logs/fetch_backbone/{fetch}.log",
     conda:
         "../../envs/sweet.yaml"
     threads: 1
     shell:
-        "python -m sweet fetch --model {params.repo:q} --hub-cache {params.hub_cache:q} --out {output} > {log} 2>&1"
+        "python -m sweet fetch --model {params.repo:q} --revision {params.revision:q} --hub-cache {params.hub_cache:q}"
+        " --out {output} > {log} 2>&1"
 
 
 rule fetch:
     """Target: everything the selected grid downloads (hub backbones, GLUE data), e.g. on a login node that has
     internet before submitting from one that has not."""
     input:
-        [f"results/backbones/{m.slug}.fetched.json" for m in hub_models()],
+        [fetched_record(m) for m in hub_models()],
         [f"results/data/{t}" for t in GRID["tasks"] if config["tasks"][t]["source"] == "glue"],

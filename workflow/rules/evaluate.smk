@@ -9,17 +9,17 @@ rule evaluate:
     input:
         model=model_inputs,
         task_dir=task_dir,
-        temperatures="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/temperatures.json",
+        temperatures=f"{CAL}/temperatures.json",
     output:
-        "results/runs/{task}/{model}/b{budget}/{method}/s{seed}/logits.npz",
+        f"{CAL}/logits.npz",
     params:
         model=model_dir,
         batch=EVAL_BATCH,
         offline=OFFLINE,
     log:
-        "results/logs/evaluate/{task}/{model}/b{budget}/{method}/s{seed}.log",
+        f"results/logs/evaluate/{LOG_CAL}.log",
     benchmark:
-        "results/benchmarks/evaluate/{task}/{model}/b{budget}/{method}/s{seed}.tsv"
+        f"results/benchmarks/evaluate/{LOG_CAL}.tsv"
     group:
         "evaluate"
     resources:
@@ -37,17 +37,17 @@ rule evaluate:
 rule curves:
     """Speed–accuracy curves of every exit rule over the threshold grids, and each exit's own score."""
     input:
-        logits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/logits.npz",
+        logits=f"{CAL}/logits.npz",
         task_dir=task_dir,
     output:
-        curves="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/curves.csv",
-        exits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/individual_exits.csv",
+        curves=f"{CAL}/curves.csv",
+        exits=f"{CAL}/individual_exits.csv",
     params:
         meta=meta_args,
         thresholds=config.get("thresholds", 11),
         dense=config.get("dense_thresholds", 101),
     log:
-        "results/logs/curves/{task}/{model}/b{budget}/{method}/s{seed}.log",
+        f"results/logs/curves/{LOG_CAL}.log",
     conda:
         "../../envs/sweet.yaml"
     threads: 1

@@ -11,7 +11,7 @@
 import re
 
 from sweet.config import grid_spec
-from sweet.reporting.runs import grid_runs, last_finished_grid, runs_fingerprint
+from sweet.reporting.runs import last_finished_grid, runs_fingerprint
 
 PARTIAL = bool(config.get("partial", False))
 RUN_GRID = config["grid"]  # what `snakemake` runs: the grid named, or config.yaml's default
@@ -19,7 +19,7 @@ DRAWN_GRID = RUN_GRID  # what `snakemake tables | figures | report` draw
 GRID_NAMES = "|".join(re.escape(name) for name in config["grids"])
 
 if not GRID_NAMED and workflow.is_main_process:
-    _last = last_finished_grid(config)
+    _last = last_finished_grid(config, MODELS, JOB_GPUS)
     if _last is not None:
         DRAWN_GRID = _last[0]
     if _last is None:
@@ -46,16 +46,17 @@ def table_inputs(wildcards):
     if draws_finished_runs(wildcards.grid):
         return []
     return [*run_files("curves.csv"), *run_files("individual_exits.csv"),
-            *run_files("gradient_conflict.csv", methods=("ee", "sweet"))]
+            *run_files("gradient_conflict.csv", methods=("ee", "sweet"), calibrated=False)]
 
 
 def finished_runs(wildcards):
     """Draw mode: which runs have finished (and when), and why the others have not; changes redraw the tables."""
     if draws_finished_runs(wildcards.grid):
-        return runs_fingerprint(grid_runs(config, wildcards.grid))
+        return runs_fingerprint([(r.calibrated_dir, r.run_id) for r in grid_runs(config, wildcards.grid, MODELS,
+                                                                                 gpus=JOB_GPUS)])
     return "all"
 
 
 def grid_spec_json(wildcards):
     """The grid as the tables and the report record it."""
-    return json.dumps(grid_spec(config, wildcards.grid, MODELS), sort_keys=True)
+    return json.dumps(grid_spec(config, wildcards.grid, MODELS, gpus=JOB_GPUS), sort_keys=True)

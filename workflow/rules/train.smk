@@ -10,22 +10,41 @@
 
 
 rule split:
-    """Seeded training subset of `budget` examples and the calibration split, per run."""
+    """The run's seeded training subset of `budget` examples, and its identity (run.json), before it trains."""
     input:
         task_dir,
     output:
-        "results/runs/{task}/{model}/b{budget}/{method}/s{seed}/splits.json",
+        splits=f"{RUN}/splits.json",
+        record=f"{RUN}/run.json",
     params:
-        calibration=config.get("calibration_size", 1000),
-        calibrate_on=config.get("calibrate_on", "pool"),
+        record=run_record,
     log:
-        "results/logs/split/{task}/{model}/b{budget}/{method}/s{seed}.log",
+        f"results/logs/split/{LOG_RUN}.log",
     conda:
         "../../envs/sweet.yaml"
     threads: 1
     shell:
         "python -m sweet split --task-dir {input} --budget {wildcards.budget} --seed {wildcards.seed}"
-        " --calibration-size {params.calibration} --calibrate-on {params.calibrate_on} --out {output} > {log} 2>&1"
+        " --out {output.splits} --run-record {params.record:q} --run-record-out {output.record} > {log} 2>&1"
+
+
+rule calibration_split:
+    """The run's calibration split: unused training examples (cal-pool<N>), or the evaluation split (cal-eval).
+    Not a training input: a new calibration recalibrates and re-evaluates the trained model."""
+    input:
+        task_dir,
+    output:
+        f"{CAL}/calibration.json",
+    params:
+        calibration=calibration_args,
+    log:
+        f"results/logs/calibration_split/{LOG_CAL}.log",
+    conda:
+        "../../envs/sweet.yaml"
+    threads: 1
+    shell:
+        "python -m sweet split --task-dir {input} --budget {wildcards.budget} --seed {wildcards.seed}"
+        " {params.calibration} --calibration-out {output} > {log} 2>&1"
 
 
 rule train:
@@ -33,17 +52,19 @@ rule train:
     from its own exit). A killed or signalled job resumes from its checkpoints when rerun."""
     input:
         task_dir=task_dir,
-        splits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/splits.json",
+        splits=f"{RUN}/splits.json",
+        record=f"{RUN}/run.json",
         backbone=backbone_input,
     output:
-        model=maybe_temp(directory("results/runs/{task}/{model}/b{budget}/{method}/s{seed}/model")),
-        metrics="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/train_metrics.json",
-        conflict="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/gradient_conflict.csv",
+        model=maybe_temp(directory(f"{RUN}/model")),
+        metrics=f"{RUN}/train_metrics.json",
+        conflict=f"{RUN}/gradient_conflict.csv",
     wildcard_constraints:
         method="ee|sweet",
     params:
         backbone=backbone_arg,
-        hub_cache=Location(HUB_CACHE),
+        hub_cache=Untracked(HUB_CACHE),
+        revision=revision_arg,
         exits=exit_layers_arg,
         pooling=pooling_arg,
         spec=train_spec,
@@ -51,9 +72,9 @@ rule train:
         work_dir=checkpoint_dir,
         offline=OFFLINE,
     log:
-        "results/logs/train/{task}/{model}/b{budget}/{method}/s{seed}.log",
+        f"results/logs/train/{LOG_RUN}.log",
     benchmark:
-        "results/benchmarks/train/{task}/{model}/b{budget}/{method}/s{seed}.tsv"
+        f"results/benchmarks/train/{LOG_RUN}.tsv"
     retries: TRAIN_RETRIES
     resources:
         mem_mb=train_mem_mb,
@@ -65,35 +86,37 @@ rule train:
     threads: THREADS
     shell:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
-        " --backbone {params.backbone:q} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
+        " --backbone {params.backbone:q} {params.revision} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
         " {params.pooling} --method {wildcards.method} --seed {wildcards.seed} --train-spec {params.spec:q}"
         " --out {output.model} --metrics {output.metrics} --gradient-conflict-out {output.conflict}"
-        " --meta {params.meta} --work-dir {params.work_dir:q} > {log} 2>&1"
+        " --meta {params.meta} --run-record {input.record} --work-dir {params.work_dir:q} > {log} 2>&1"
 
 
 rule train_member:
     """Multi-Model: member k is an independent model truncated after exit k's layer, fine-tuned on its own."""
     input:
         task_dir=task_dir,
-        splits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/splits.json",
+        splits=f"{RUN}/splits.json",
+        record=f"{RUN}/run.json",
         backbone=backbone_input,
     output:
-        model=maybe_temp(directory("results/runs/{task}/{model}/b{budget}/{method}/s{seed}/model/member_{k}")),
-        metrics="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/members/member_{k}.json",
+        model=maybe_temp(directory(f"{RUN}/model/member_{{k}}")),
+        metrics=f"{RUN}/members/member_{{k}}.json",
     wildcard_constraints:
         method="mm",
     params:
         backbone=backbone_arg,
-        hub_cache=Location(HUB_CACHE),
+        hub_cache=Untracked(HUB_CACHE),
+        revision=revision_arg,
         exits=exit_layers_arg,
         pooling=pooling_arg,
         spec=train_spec,
         work_dir=checkpoint_dir,
         offline=OFFLINE,
     log:
-        "results/logs/train_member/{task}/{model}/b{budget}/{method}/s{seed}/member_{k}.log",
+        f"results/logs/train_member/{LOG_RUN}/member_{{k}}.log",
     benchmark:
-        "results/benchmarks/train_member/{task}/{model}/b{budget}/{method}/s{seed}/member_{k}.tsv"
+        f"results/benchmarks/train_member/{LOG_RUN}/member_{{k}}.tsv"
     retries: TRAIN_RETRIES
     resources:
         mem_mb=train_mem_mb,
@@ -105,9 +128,10 @@ rule train_member:
     threads: THREADS
     shell:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
-        " --backbone {params.backbone:q} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
+        " --backbone {params.backbone:q} {params.revision} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
         " {params.pooling} --method mm --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
-        " --out {output.model} --metrics {output.metrics} --work-dir {params.work_dir:q} > {log} 2>&1"
+        " --out {output.model} --metrics {output.metrics} --run-record {input.record} --work-dir {params.work_dir:q}"
+        " > {log} 2>&1"
 
 
 rule combine:
@@ -115,11 +139,11 @@ rule combine:
     input:
         member_dirs,
     output:
-        maybe_temp("results/runs/{task}/{model}/b{budget}/{method}/s{seed}/model/sweet_config.json"),
+        maybe_temp(f"{RUN}/model/sweet_config.json"),
     wildcard_constraints:
         method="mm",
     log:
-        "results/logs/combine/{task}/{model}/b{budget}/{method}/s{seed}.log",
+        f"results/logs/combine/{LOG_RUN}.log",
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -132,17 +156,17 @@ rule calibrate:
     input:
         model=model_inputs,
         task_dir=task_dir,
-        splits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/splits.json",
+        calibration=f"{CAL}/calibration.json",
     output:
-        "results/runs/{task}/{model}/b{budget}/{method}/s{seed}/temperatures.json",
+        f"{CAL}/temperatures.json",
     params:
         model=model_dir,
         batch=EVAL_BATCH,
         offline=OFFLINE,
     log:
-        "results/logs/calibrate/{task}/{model}/b{budget}/{method}/s{seed}.log",
+        f"results/logs/calibrate/{LOG_CAL}.log",
     benchmark:
-        "results/benchmarks/calibrate/{task}/{model}/b{budget}/{method}/s{seed}.tsv"
+        f"results/benchmarks/calibrate/{LOG_CAL}.tsv"
     group:
         "evaluate"
     resources:
@@ -154,4 +178,4 @@ rule calibrate:
     threads: THREADS
     shell:
         "{params.offline} python -m sweet calibrate --model {params.model} --task-dir {input.task_dir}"
-        " --splits {input.splits} --batch-size {params.batch} --out {output} > {log} 2>&1"
+        " --splits {input.calibration} --batch-size {params.batch} --out {output} > {log} 2>&1"

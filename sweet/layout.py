@@ -1,0 +1,281 @@
+"""Where a run lives, and what makes it that run: the one definition of the results/runs/ layout.
+
+A run's folder is named by what it computes, not by the grid that asked for it::
+
+    results/runs/<task>/<model folder>/b<budget>/<method>-<run id>/s<seed>/     training: splits.json, run.json,
+                                                                               model/, train_metrics.json, …
+                                                 …/s<seed>/cal-<pool N | eval>/  calibration and evaluation:
+                                                                               temperatures.json, logits.npz,
+                                                                               curves.csv, individual_exits.csv
+
+The run id is a short digest of the run's *identity* (:func:`run_identity`): the task and its data, the backbone
+and its revision, the exit layers and pooling, the method, the budget and seed, and the training options the
+method reads. Two grids asking for the same identity share the folder (trained once); two that differ in any of
+these never share one. Operational settings (``save_steps``, ``threads``, ``hub_cache``, ``scratch_dir``,
+``keep_checkpoints``, precision on a CPU) change no number and are not part of it. Calibration is not training:
+its settings name the subfolder, so a new ``calibration_size`` or ``calibrate_on`` recalibrates and re-evaluates
+the same trained model.
+
+Standard library only (plus ``sweet.config``): the Snakefile and the reporting both plan with it, and planning
+must stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweet.backbones import BACKBONES, resolve_pooling
+from sweet.config import (
+    RESULTS,
+    SYNTHETIC_DEFAULTS,
+    TRAINING_DEFAULTS,
+    Model,
+    merged_training,
+    resolve_models,
+)
+
+RUN_RELATIVE = "{task}/{model}/b{budget}/{method}-{run_id}/s{seed}"  # below results/runs/ and results/logs/<step>/
+RUN_PATTERN = RESULTS + "/runs/" + RUN_RELATIVE
+CALIBRATED_PATTERN = RUN_PATTERN + "/{calibration}"
+LOGS = RESULTS + "/logs"
+RUN_JSON = "run.json"  # the run's identity, written before it trains; the reporting checks it
+IDENTITY_VERSION = 1  # bump when the meaning of an identity field changes, so no old folder is read as new
+# Training options that change no number of a run (a checkpoint interval): never part of its identity.
+OPERATIONAL_TRAINING = ("save_steps",)
+# Options only some methods read; for the others they are not part of the identity (nothing to retrain).
+METHOD_TRAINING_OPTIONS = {
+    "gradient_conflict_every": ("ee",),  # the probe restores the RNG: it adds a CSV, it changes no weight
+    "shared_pooler": ("ee", "sweet"),  # MM members are stock classifiers with their own pooler
+}
+# Architectures whose exit heads changed when exits started to be built as the stock classifier's head (DeBERTa's
+# ContextPooler, RoBERTa's and ELECTRA's classification heads): their EE/SWEET runs of the layout before run ids
+# used BERT's tanh pooler instead, so they are not the runs the configuration now asks for.
+HEAD_CHANGED_ARCHITECTURES = ("roberta", "electra", "deberta", "deberta-v2")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a grid: where its files live and what it computes."""
+
+    task: str
+    model: str  # the configuration's name
+    model_slug: str  # its folder name
+    budget: int
+    method: str
+    seed: int
+    run_id: str
+    calibration: str  # the calibration subfolder: cal-pool<N> or cal-eval
+    identity: dict[str, Any] = field(compare=False, hash=False, repr=False)
+    settings: str = field(default="", compare=False)  # training settings that differ from the defaults
+
+    @property
+    def dir(self) -> str:
+        return RUN_PATTERN.format(**self.wildcards())
+
+    @property
+    def calibrated_dir(self) -> str:
+        """Where the run's calibration, evaluation and curves live."""
+        return f"{self.dir}/{self.calibration}"
+
+    @property
+    def legacy_dir(self) -> str:
+        """Where the layout before run ids kept this run (``python -m sweet migrate-runs`` moves it)."""
+        return f"{RESULTS}/runs/{self.task}/{self.model_slug}/b{self.budget}/{self.method}/s{self.seed}"
+
+    def wildcards(self) -> dict[str, Any]:
+        return {"task": self.task, "model": self.model_slug, "budget": self.budget, "method": self.method,
+                "run_id": self.run_id, "seed": self.seed, "calibration": self.calibration}
+
+    def meta(self) -> dict[str, Any]:
+        """The identity columns every per-run CSV starts with (the model column holds the configuration's name)."""
+        return {"task": self.task, "model": self.model, "budget": self.budget, "method": self.method,
+                "seed": self.seed, "run_id": self.run_id, "settings": self.settings,
+                "calibration": self.calibration}
+
+    def record(self) -> dict[str, Any]:
+        """What ``run.json`` holds: the training's identity (not the calibration: one training, many of those)."""
+        meta = {k: v for k, v in self.meta().items() if k != "calibration"}
+        return {**meta, "identity": self.identity}
+
+
+# ------------------------------------------------------------------------------------------------ identity
+def run_identity(
+    config: dict, model: Model, task: str, method: str, budget: int, seed: int,
+    grid: str | None = None, gpus: int = 0, base: str | Path = ".",
+) -> dict[str, Any]:
+    """Everything that changes a trained run's numbers, as plain JSON values."""
+    return {
+        "version": IDENTITY_VERSION,
+        "task": task_identity(config["tasks"][task], Path(base)),
+        "backbone": backbone_identity(model, Path(base)),
+        "exit_layers": [int(k) for k in model.exit_layers],
+        "pooling": _pooling(model),
+        "method": method,
+        "training": training_identity(merged_training(config, model, grid), method, gpus),
+        "budget": int(budget),
+        "seed": int(seed),
+    }
+
+
+def run_id(identity: dict[str, Any]) -> str:
+    """8 hex digits of the SHA-256 of the identity's canonical JSON."""
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def training_identity(options: dict[str, Any], method: str, gpus: int = 0) -> dict[str, Any]:
+    """The training options that change this method's numbers, completed with the defaults and typed as them
+    (``epochs: 2`` and ``epochs: 2.0`` are one run)."""
+    values = {**TRAINING_DEFAULTS, **options}
+    identity = {}
+    for name, default in TRAINING_DEFAULTS.items():
+        if name in OPERATIONAL_TRAINING or method not in METHOD_TRAINING_OPTIONS.get(name, (method,)):
+            continue
+        identity[name] = _as_type_of(default, values[name])
+    # Mixed precision runs on a GPU only (sweet.train): on a CPU job every precision trains in fp32.
+    if gpus <= 0 or identity["precision"] == "fp32":
+        identity.pop("precision")
+    return identity
+
+
+def non_default_settings(identity: dict[str, Any]) -> str:
+    """The training options (and a pinned revision) that differ from the package defaults, as ``k=v;k=v``."""
+    training = identity["training"]
+    parts = [f"{k}={_text(v)}" for k, v in training.items() if k in TRAINING_DEFAULTS and TRAINING_DEFAULTS[k] != v]
+    revision = identity["backbone"].get("revision")
+    if revision not in (None, "main"):
+        parts.append(f"revision={revision}")
+    return ";".join(parts)
+
+
+def task_identity(spec: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A task's definition; for a local task the content of its files (moving them changes nothing)."""
+    spec = dict(spec)
+    if spec["source"] == "synthetic":
+        return {**SYNTHETIC_DEFAULTS, **spec}
+    if spec["source"] == "local":
+        for part in ("train", "eval"):
+            spec[part] = {"sha256": _file_digest(base / spec[part])}
+    return spec
+
+
+def backbone_identity(model: Model, base: Path) -> dict[str, Any]:
+    """A hub id at its revision, an inline definition, or a local folder's config and files."""
+    if model.kind == "hub":
+        return {"hub": model.backbone, "revision": model.revision or "main"}
+    if model.kind == "inline":
+        return {"inline": model.backbone}
+    folder = base / Path(str(model.backbone)).expanduser()
+    files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    config = folder / "config.json"
+    return {"local": {"config_sha256": _file_digest(config) if config.is_file() else None, "files": files}}
+
+
+def calibration_key(config: dict) -> str:
+    """The calibration subfolder's name: where the temperatures were fitted, and on how many examples."""
+    if config.get("calibrate_on", "pool") == "eval":
+        return "cal-eval"
+    return f"cal-pool{int(config.get('calibration_size', 1000))}"
+
+
+# ------------------------------------------------------------------------------------------------ grids
+def grid_runs(
+    config: dict, grid: str, models: dict[str, Model] | None = None, gpus: int = 0, base: str | Path = ".",
+) -> list[Run]:
+    """The runs a grid names, in the workflow's order (task, model, budget, method, seed)."""
+    models = models if models is not None else resolve_models(config, Path(base))
+    axes = config["grids"][grid]
+    calibration = calibration_key(config)
+    runs = []
+    for task in axes["tasks"]:
+        for name in axes["models"]:
+            model = models[name]
+            for budget in axes["budgets"]:
+                for method in axes["methods"]:
+                    for seed in axes["seeds"]:
+                        identity = run_identity(config, model, task, method, budget, seed, grid, gpus, base)
+                        runs.append(Run(task, name, model.slug, int(budget), method, int(seed), run_id(identity),
+                                        calibration, identity, non_default_settings(identity)))
+    return runs
+
+
+def step_log(step: str, run: Run | str, calibrated: bool = False) -> str:
+    """Where a step of a run logs: ``results/logs/<step>/<the run folder below results/runs>[/<calibration>].log``."""
+    rel = _below_runs(run.dir if isinstance(run, Run) else run)
+    if calibrated and isinstance(run, Run):
+        rel = f"{rel}/{run.calibration}"
+    return f"{LOGS}/{step}/{rel}.log"
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run folder's ``run.json``, or None when it has none (or it cannot be read)."""
+    try:
+        return json.loads((Path(run_dir) / RUN_JSON).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def record_mismatch(run_dir: str | Path, expected_id: str) -> str:
+    """Why the folder is not the run ``expected_id`` names ("" when it is): recorded identity and id checked."""
+    record = read_record(run_dir)
+    if record is None:
+        return ""  # not started yet, or a folder the workflow is still writing: the step logs say which
+    identity = record.get("identity")
+    if not isinstance(identity, dict) or record.get("run_id") != expected_id or run_id(identity) != expected_id:
+        return (f"its {RUN_JSON} records run id {record.get('run_id')!r}, not {expected_id}: these are other "
+                "settings' results, not this grid's")
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------ internals
+def _pooling(model: Model) -> str | None:
+    """The pooling as the run will use it, where the architecture is known offline (so ``pooling: cls`` and no
+    pooling on BERT are one run); as written otherwise (never resolved from a fetched cache: the id must not
+    change once a backbone has been downloaded)."""
+    model_type = model.model_type_offline
+    if model_type in BACKBONES:
+        return resolve_pooling(model_type, model.pooling)
+    return model.pooling
+
+
+def _as_type_of(default: Any, value: Any) -> Any:
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, int):
+        return int(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, cached per (path, size, mtime) within a process (planning reads it once)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # validation reports a missing file precisely
+    key = (os.fspath(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def _below_runs(run_dir: str) -> str:
+    parts = Path(run_dir).parts
+    return "/".join(parts[parts.index("runs") + 1:]) if "runs" in parts else Path(run_dir).as_posix()
