@@ -28,7 +28,7 @@ from transformers import (
     set_seed,
 )
 
-from sweet.audit import separation_audit
+from sweet.audit import require_separation, separation_audit
 from sweet.backbones import embedding_module, first_layer_extra
 from sweet.batches import encode
 from sweet.errors import UserError
@@ -298,6 +298,7 @@ def train(
     if isinstance(model, EarlyExitModel):
         # ids that both the tokenizer produces and the embedding table holds (either may be the larger)
         audit = separation_audit(model, vocab_size=min(len(tokenizer), model.backbone.config.vocab_size))
+        require_separation(model, audit)  # before the first step: a leaking SWEET run is not worth its GPU hours
 
     features = encode(rows, tokenizer, spec.max_length)
     on_gpu = torch.cuda.is_available()

@@ -619,6 +619,44 @@ def test_audit_sweet_deberta_shares_relative_embeddings(model_type, expected, tm
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_sweet_training_accepts_every_registered_architecture(model_type, tmp_path_factory):
+    """The registry as shipped: every SWEET model's audit finds only what is declared shared (with the shared
+    pooler too, where the architecture has one)."""
+    from sweet.audit import require_separation
+
+    options = [{}] if model_type == "qwen2" else [{}, {"shared_pooler": True}]
+    for option in options:
+        model = _model(model_type, tmp_path_factory, "sweet", **option)
+        require_separation(model, separation_audit(model, VOCAB))
+
+
+def test_sweet_training_refuses_a_registry_entry_that_leaks_gradient(monkeypatch, tmp_path_factory):
+    """A registry entry that forgets DeBERTa-v2's layer-1 convolution cuts SWEET's graph at layer 1's output, but
+    the convolution also reads the embeddings (un-detached): exit 2 then trains block 1. One that forgets the
+    relative-position table every layer reads leaks it. Both are refused for SWEET, named, not for EE."""
+    import dataclasses
+
+    from sweet.audit import require_separation
+
+    spec = BACKBONES["deberta-v2"]
+    monkeypatch.setitem(BACKBONES, "deberta-v2", dataclasses.replace(spec, after_first_layer=None))
+    model = _model("deberta-v2-conv", tmp_path_factory, "sweet")
+    report = separation_audit(model, VOCAB)
+    leaked = sorted(n for n in report["shared"] if not n.startswith(("backbone.encoder.rel_embeddings", "backbone.encoder.LayerNorm")))
+    assert leaked and all(report["shared"][n][0] == 1 for n in leaked)
+    with pytest.raises(UserError, match=r"^sweet: parameter 'backbone\.(embeddings|encoder\.conv)\..*' receives gradient from exits 1, 2.*BACKBONES\['deberta-v2'\]") as refused:
+        require_separation(model, report)
+    assert "\n" not in str(refused.value)
+    ee = _model("deberta-v2-conv", tmp_path_factory, "ee")
+    require_separation(ee, separation_audit(ee, VOCAB))  # EE shares by design
+
+    monkeypatch.setitem(BACKBONES, "deberta", dataclasses.replace(BACKBONES["deberta"], shared_across_layers=()))
+    model = _model("deberta", tmp_path_factory, "sweet")
+    with pytest.raises(UserError, match=r"'backbone\.encoder\.rel_embeddings\.weight' receives gradient from exits 1, 2, 3, "):
+        require_separation(model, separation_audit(model, VOCAB))
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_audit_ee_shares_the_backbone(model_type, tmp_path_factory):
     model = _model(model_type, tmp_path_factory, "ee")
     report = separation_audit(model, VOCAB)
