@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from sweet.backbones import backbone_spec
+from sweet.errors import UserError
 from sweet.model import EarlyExitModel
 
 
@@ -60,3 +62,37 @@ def separation_audit(model: EarlyExitModel, vocab_size: int, batch_size: int = 4
         "n_parameters_shared": len(shared),
         "shared": shared,
     }
+
+
+def declared_shared(model: EarlyExitModel) -> set[str]:
+    """Parameter names every exit may reach under SWEET: what the registry says every layer reads
+    (``Backbone.shared_across_layers``) and the one pooler ``shared_pooler`` asks for."""
+    model_type = model.backbone.config.model_type
+    prefixes = tuple(f"backbone.{path}." for path in backbone_spec(model_type).shared_across_layers)
+    names = {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
+    pooler = model.pooler_for_shared_heads()
+    if pooler is not None:
+        ids = {id(p) for p in pooler.parameters()}
+        names |= {name for name, p in model.named_parameters() if id(p) in ids}
+    return names
+
+
+def require_separation(model: EarlyExitModel, report: dict) -> None:
+    """Refuse a SWEET model whose audit finds a parameter reached by two exits that nothing declares shared: its
+    exits' gradients would mix, so the run would not be SWEET (a registry entry hooks the wrong module, or misses
+    a module the encoder applies between layers, or a table every layer reads)."""
+    if model.config.method != "sweet":
+        return
+    allowed = declared_shared(model)
+    leaks = {name: exits for name, exits in report["shared"].items() if name not in allowed}
+    if not leaks:
+        return
+    name, exits = next(iter(leaks.items()))
+    model_type = model.backbone.config.model_type
+    more = f" (and {len(leaks) - 1} more parameters)" if len(leaks) > 1 else ""
+    raise UserError(
+        f"sweet: parameter '{name}' receives gradient from exits {', '.join(map(str, exits))}{more}, so SWEET's "
+        f"blocks are not separated; fix sweet.backbones.BACKBONES['{model_type}'] (layers / after_first_layer "
+        "must name the modules whose outputs are the exits' hidden states; a parameter every layer reads belongs "
+        "in shared_across_layers)"
+    )

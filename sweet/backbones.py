@@ -25,11 +25,17 @@ if TYPE_CHECKING:
 # non-padding token. Padding is read from the attention mask, so left and right padding both work.
 POOLINGS = ("cls", "mean", "last")
 
-# The shape of an exit head after pooling (``sweet.model.ExitHead``):
-#   "tanh-pooler"     dense + tanh → dropout → linear: BERT's sequence classifier, the reference's exit
-#   "prediction-head" ModernBERT's stock classifier head: dense → activation → LayerNorm → dropout → linear
-#   "score"           one bias-free linear layer: the stock decoder classifiers' `score`
-HEADS = ("tanh-pooler", "prediction-head", "score")
+# The shape of an exit head after pooling (``sweet.model.ExitHead``), each the stock sequence classifier's head of
+# the architectures that use it:
+#   "tanh-pooler"         BERT: dense + tanh → dropout → linear (the reference's exit)
+#   "context-pooler"      DeBERTa(-v2): ContextPooler (dropout → dense → ``pooler_hidden_act``) → dropout → linear
+#   "classification-head" RoBERTa, ELECTRA: dropout → dense → ``head_activation`` → dropout → linear
+#   "prediction-head"     ModernBERT: dense → activation → LayerNorm → dropout → linear
+#   "score"               decoders: one bias-free linear layer
+HEADS = ("tanh-pooler", "context-pooler", "classification-head", "prediction-head", "score")
+# Folders saved before exits took each architecture's stock head have no "head" in sweet_config.json: every
+# BERT-like encoder then had BERT's tanh pooler, and they load with the shape they were trained with.
+_HEADS_BEFORE_STOCK_SHAPES = {"context-pooler": "tanh-pooler", "classification-head": "tanh-pooler"}
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,15 @@ class Backbone:
 
     layers: str  # dotted path to the nn.ModuleList of transformer layers
     embeddings: str = "embeddings"  # the module before layer 1 (part of SWEET's first block)
-    pooler: str | None = None  # the pretrained [CLS] pooler's dense layer inside the AutoModel, if it has one
+    # The AutoModel's [CLS] pooler dense layer that a "tanh-pooler" exit starts from (and ``shared_pooler`` shares),
+    # if it has one: BERT's, which its stock classifier uses. RoBERTa's stock classifier ignores its pooler; the
+    # entry is read only by RoBERTa folders saved before its exits had the stock head.
+    pooler: str | None = None
     head: str = "tanh-pooler"  # one of HEADS: what every exit (and the stock classifier) puts after the pooling
+    head_activation: str | None = None  # "classification-head": the stock head's activation (an ACT2FN name)
     # A module of the stock sequence classifier, outside the AutoModel, that a checkpoint may have pretrained
-    # (ModernBERT's masked-LM `head`, which the stock classifier reuses): every exit head starts from it.
+    # (ModernBERT's masked-LM `head`, which the stock classifier reuses; DeBERTa's `pooler`, which fine-tuned
+    # checkpoints carry): every exit head starts from it where the checkpoint has it, fresh otherwise.
     pretrained_head: str | None = None
     # The norm the stock model applies after its *last* layer only. Intermediate layers' outputs are not
     # normalised, so every exit gets its own copy, initialised from the pretrained one, and applies it before
@@ -70,14 +81,24 @@ _DEBERTA_TABLES = ("rel_embeddings", "relative_pos")
 
 BACKBONES: dict[str, Backbone] = {
     "bert": Backbone(layers="encoder.layer", pooler="pooler.dense"),
-    "roberta": Backbone(layers="encoder.layer", pooler="pooler.dense"),
-    "electra": Backbone(layers="encoder.layer"),
+    # RobertaClassificationHead: its dense is new in the stock classifier (not the AutoModel's pooler).
+    "roberta": Backbone(
+        layers="encoder.layer", pooler="pooler.dense", head="classification-head", head_activation="tanh"
+    ),
+    # ElectraClassificationHead: GELU where BERT has tanh (fixed in the stock code, whatever hidden_act is).
+    "electra": Backbone(layers="encoder.layer", head="classification-head", head_activation="gelu"),
     "deberta": Backbone(
-        layers="encoder.layer", shared_across_layers=("encoder.rel_embeddings",), rowless_layer_kwargs=_DEBERTA_TABLES
+        layers="encoder.layer",
+        head="context-pooler",
+        pretrained_head="pooler",
+        shared_across_layers=("encoder.rel_embeddings",),
+        rowless_layer_kwargs=_DEBERTA_TABLES,
     ),
     # DeBERTa-v3 checkpoints are model_type "deberta-v2".
     "deberta-v2": Backbone(
         layers="encoder.layer",
+        head="context-pooler",
+        pretrained_head="pooler",
         shared_across_layers=("encoder.rel_embeddings", "encoder.LayerNorm"),
         after_first_layer="encoder.conv",
         rowless_layer_kwargs=_DEBERTA_TABLES,
@@ -142,6 +163,18 @@ def resolve_pooling(model_type: str, pooling: str | None, field: str = "pooling"
             "the rest of the input; use last (its stock classifier's) or mean"
         )
     return pooling
+
+
+def resolve_head(model_type: str, head: str | None, saved_folder: bool = False) -> str:
+    """The exit-head shape: the architecture's stock one when ``head`` is None (a folder saved before the key
+    existed: the shape it was trained with), else ``head`` checked against what this architecture can build."""
+    stock = backbone_spec(model_type).head
+    if head is None:
+        return _HEADS_BEFORE_STOCK_SHAPES.get(stock, stock) if saved_folder else stock
+    allowed = {stock, _HEADS_BEFORE_STOCK_SHAPES.get(stock, stock)}
+    if head not in allowed:
+        raise UserError(f"head: '{head}' is not an exit head {model_type} builds; use {' or '.join(sorted(allowed))}")
+    return head
 
 
 def encoder_layers(backbone: nn.Module) -> nn.ModuleList:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
+from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from sweet.backbones import (
@@ -39,6 +40,7 @@ from sweet.backbones import (
     find_module,
     get_module,
     layer_output_modules,
+    resolve_head,
     resolve_pooling,
 )
 from sweet.errors import UserError
@@ -61,6 +63,9 @@ class EarlyExitConfig:
     # cls | mean | last (see sweet.backbones.POOLINGS); None: the architecture's default (cls for encoders, as in
     # the paper; last for decoders). Folders saved before pooling existed have no key and load as cls.
     pooling: str | None = None
+    # One of sweet.backbones.HEADS; None: the architecture's stock classifier head. Folders saved before the key
+    # existed load with the shape they were trained with (BERT's tanh pooler on every BERT-like encoder).
+    head: str | None = None
     kind: str = field(default="early-exit", init=False)
 
     def __post_init__(self) -> None:
@@ -116,11 +121,50 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
 
 
-def make_pooler(head: str, config: Any) -> nn.Module | None:
-    """The dense part of an exit head between the pooled vector and the classifier, as the stock classifier has."""
+class ContextPooler(nn.Module):
+    """DeBERTa's stock ``ContextPooler`` after the pooling: dropout (``pooler_dropout``) → dense → ``pooler_hidden_act``.
+
+    The stock module picks the first token itself; here the exit's pooling has done that, so any pooling works.
+    Parameter names are the stock module's, so its state dict loads either way.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.pooler_hidden_size, config.pooler_hidden_size)
+        self.dropout = nn.Dropout(config.pooler_dropout)
+        self.activation = ACT2FN[config.pooler_hidden_act]
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(self.dropout(pooled)))
+
+
+class ClassificationHeadDense(nn.Module):
+    """RoBERTa's / ELECTRA's stock ``…ClassificationHead`` up to its output projection: dropout → dense → activation.
+
+    The stock head applies its one dropout again before ``out_proj``: the exit's own dropout (same rate) does that.
+    """
+
+    def __init__(self, config: Any, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[activation]
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(self.dropout(pooled)))
+
+
+def make_pooler(head: str, config: Any, dropout: float) -> nn.Module | None:
+    """The part of an exit head between the pooled vector and the classifier's dropout, as the stock classifier has.
+
+    ``dropout``: the rate before the classifier (the classification head's first dropout has the same rate)."""
     hidden = config.hidden_size
     if head == "tanh-pooler":
-        return nn.Linear(hidden, hidden)  # tanh is applied in ExitHead.forward
+        return nn.Linear(hidden, hidden)  # tanh is applied in ExitHead.forward (parameter names as saved since v1)
+    if head == "context-pooler":
+        return ContextPooler(config)
+    if head == "classification-head":
+        return ClassificationHeadDense(config, backbone_spec(config.model_type).head_activation, dropout)
     if head == "prediction-head":
         from transformers.models.modernbert.modeling_modernbert import ModernBertPredictionHead
 
@@ -130,8 +174,13 @@ def make_pooler(head: str, config: Any) -> nn.Module | None:
 
 def head_dropout(head: str, config: Any) -> float:
     """The dropout before the classifier in the stock classifier of this head shape."""
-    if head == "tanh-pooler":
-        return getattr(config, "hidden_dropout_prob", 0.1)
+    if head in ("tanh-pooler", "classification-head"):
+        # BERT, RoBERTa, ELECTRA: classifier_dropout, where the config sets it
+        rate = getattr(config, "classifier_dropout", None)
+        return getattr(config, "hidden_dropout_prob", 0.1) if rate is None else rate
+    if head == "context-pooler":
+        rate = getattr(config, "cls_dropout", None)
+        return config.hidden_dropout_prob if rate is None else rate
     if head == "prediction-head":
         return getattr(config, "classifier_dropout", 0.0)
     return 0.0  # the decoders' `score` has none
@@ -157,7 +206,7 @@ class ExitHead(nn.Module):
         self.kind = head
         self.pooling = pooling
         self.norm = norm
-        self.pooler = make_pooler(head, config) if own_pooler else None
+        self.pooler = make_pooler(head, config, dropout) if own_pooler else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels, bias=head != "score")
 
@@ -193,22 +242,24 @@ class EarlyExitModel(nn.Module):
         spec = backbone_spec(model_type)
         self.exit_layers = check_exit_layers(config.exit_layers, backbone.config.num_hidden_layers)
         config.pooling = resolve_pooling(model_type, config.pooling)  # saved explicitly from here on
+        config.head = head = resolve_head(model_type, config.head)  # likewise
         hidden = backbone.config.hidden_size
         dropout = config.classifier_dropout
         if dropout is None:
-            dropout = head_dropout(spec.head, backbone.config)
-        if config.shared_pooler and spec.head == "score":
+            dropout = head_dropout(head, backbone.config)
+        if config.shared_pooler and head == "score":
             raise UserError(f"shared_pooler: {model_type} exits have no pooler to share (one linear layer each)")
-        backbone_pooler = find_module(backbone, spec.pooler) if spec.pooler else None
-        pretrained = backbone_pooler if backbone_pooler is not None else pretrained_head
+        backbone_pooler = find_module(backbone, spec.pooler) if spec.pooler and head == "tanh-pooler" else None
+        # A pretrained head of another shape (a folder saved with the tanh pooler) cannot seed these exits.
+        pretrained = backbone_pooler if backbone_pooler is not None else pretrained_head if head == spec.head else None
         # The shared pooler is the backbone's own when it has one, so the reference's setting is reproduced exactly.
         self.shared_pooler = None
         if config.shared_pooler and backbone_pooler is None:
-            self.shared_pooler = make_pooler(spec.head, backbone.config)
+            self.shared_pooler = make_pooler(head, backbone.config, dropout)
         norm = final_norm(backbone)
         self.heads = nn.ModuleList(
             ExitHead(
-                spec.head, backbone.config, config.num_labels, dropout, config.pooling,
+                head, backbone.config, config.num_labels, dropout, config.pooling,
                 own_pooler=not config.shared_pooler, norm=None if norm is None else copy.deepcopy(norm),
             )
             for _ in self.exit_layers
@@ -236,6 +287,7 @@ class EarlyExitModel(nn.Module):
                 raise UserError(f"{folder}: a saved EarlyExitModel is restored as saved; pass no other arguments")
             config = EarlyExitConfig.load(folder)
             backbone = AutoModel.from_pretrained(folder / "backbone", trust_remote_code=False)
+            config.head = resolve_head(backbone.config.model_type, config.head, saved_folder=True)
             model = cls(config, backbone)  # every head is then overwritten with the saved one
             state = load_file(folder / HEADS_NAME)
             missing, unexpected = model.load_state_dict(state, strict=False)

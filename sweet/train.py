@@ -28,7 +28,7 @@ from transformers import (
     set_seed,
 )
 
-from sweet.audit import separation_audit
+from sweet.audit import require_separation, separation_audit
 from sweet.backbones import embedding_module, first_layer_extra
 from sweet.batches import encode
 from sweet.errors import UserError
@@ -48,7 +48,7 @@ class TrainSpec:
     batch_size: int = 16  # seed
     epochs: float = 2.0  # seed
     max_length: int = 256  # seed
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.0  # fraction of the total optimizer steps spent warming up, in [0, 1)
     weight_decay: float = 0.0
     gradient_accumulation_steps: int = 1
     precision: str = "fp32"  # bf16/fp16 apply on a GPU only
@@ -71,6 +71,9 @@ class TrainSpec:
             value = getattr(spec, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{field}.{name}: must be a positive integer, got {value!r}")
+        ratio = spec.warmup_ratio
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
+            raise UserError(f"{field}.warmup_ratio: must be a fraction of the training steps in [0, 1), got {ratio!r}")
         if spec.precision not in PRECISIONS:
             raise UserError(f"{field}.precision: '{spec.precision}' is not one of {', '.join(PRECISIONS)}")
         return spec
@@ -298,6 +301,7 @@ def train(
     if isinstance(model, EarlyExitModel):
         # ids that both the tokenizer produces and the embedding table holds (either may be the larger)
         audit = separation_audit(model, vocab_size=min(len(tokenizer), model.backbone.config.vocab_size))
+        require_separation(model, audit)  # before the first step: a leaking SWEET run is not worth its GPU hours
 
     features = encode(rows, tokenizer, spec.max_length)
     on_gpu = torch.cuda.is_available()
@@ -309,6 +313,8 @@ def train(
         num_train_epochs=spec.epochs,
         learning_rate=spec.learning_rate,
         weight_decay=spec.weight_decay,
+        # transformers 5 has no warmup_ratio: a warmup_steps below 1 is the ratio, ceil(ratio × total steps); 1 or
+        # more would be a step count, which from_dict's [0, 1) rules out.
         warmup_steps=spec.warmup_ratio,
         lr_scheduler_type="linear",
         seed=seed,

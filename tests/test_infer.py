@@ -34,6 +34,10 @@ CASES = [
     ("sweet", "qwen2", None), ("ee", "qwen2", "mean"), ("mm", "qwen2", None),
 ]
 IDS = [f"{m}-{t}-{p or 'default'}" for m, t, p in CASES]
+# The seed of each case's random exit heads: one at which the scaled heads' confidences spread over the threshold
+# grid, so every exit answers for some threshold (with RoBERTa's stock head, seed 7 leaves the middle exit never
+# the first sure enough; the check below would then fail although online == offline holds).
+SEEDS = {("sweet", "roberta", None): 8, ("ee", "roberta", "mean"): 9}
 
 
 def _scale_heads(model: EarlyExitModel | MultiModel, factor: float = 3.0) -> None:
@@ -61,7 +65,7 @@ def case(request, tmp_path_factory) -> dict:
     method, model_type, pooling = key = request.param
     if key not in _BUILT:
         folder = backbone(model_type, tmp_path_factory)
-        torch.manual_seed(7)
+        torch.manual_seed(SEEDS.get(key, 7))
         if method == "mm":
             model = MultiModel.from_pretrained(
                 folder, num_labels=NUM_LABELS, exit_layers=EXITS, learned_exit=True, pooling=pooling

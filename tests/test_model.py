@@ -170,38 +170,105 @@ def test_exits_read_the_stock_hidden_states(model_type, pooling, tmp_path_factor
         assert len({id(p) for p in norms}) == len(norms) and not {id(p) for p in norm.parameters()} & {id(p) for p in norms}
 
 
-def _stock_classifier(model_type: str, folder, pooling: str):
-    options = {"classifier_pooling": pooling} if model_type == "modernbert" else {}
-    return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=NUM_LABELS, **options).eval()
+# Dropout rates that tell the stock head's two DeBERTa dropouts apart (pooler_dropout is 0 by default), and some
+# dropout in ModernBERT (none by default).
+_STOCK_OPTIONS = {
+    "deberta": {"pooler_dropout": 0.2},
+    "deberta-v2": {"pooler_dropout": 0.2},
+    "modernbert": {"classifier_dropout": 0.2, "mlp_dropout": 0.1},
+}
+STOCK_VARIANTS = [(a, None) for a in ARCHITECTURES] + [("modernbert", "mean")]
 
 
-@pytest.mark.parametrize(("model_type", "pooling"), [("bert", "cls"), ("modernbert", "cls"), ("modernbert", "mean"), ("qwen2", "last")])
-def test_last_exit_is_the_stock_classifier(model_type, pooling, tmp_path_factory):
-    """With the stock classifier's head weights, the exit after the last layer computes the stock classifier: the
-    exit heads have the stock shape (pooler, activation, norm, dropout, classifier), so EE/SWEET exits and MM's
-    stock members are the same kind of classifier."""
+def _stock_classifier(model_type: str, folder, pooling: str | None):
+    options = dict(_STOCK_OPTIONS.get(hf_model_type(model_type), {}))
+    if model_type == "modernbert":
+        options["classifier_pooling"] = pooling or "cls"
+    return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=NUM_LABELS, **options)
+
+
+def _copy_stock_head(head, stock, model_type: str) -> None:
+    """The stock classifier's head weights into an exit head (module names differ, shapes do not)."""
+    kind = BACKBONES[hf_model_type(model_type)].head
+    if kind == "tanh-pooler":
+        pairs = [(head.pooler, stock.base_model.pooler.dense), (head.classifier, stock.classifier)]
+    elif kind == "context-pooler":
+        pairs = [(head.pooler, stock.pooler), (head.classifier, stock.classifier)]
+    elif kind == "classification-head":
+        pairs = [(head.pooler.dense, stock.classifier.dense), (head.classifier, stock.classifier.out_proj)]
+    elif kind == "prediction-head":
+        pairs = [(head.norm, stock.model.final_norm), (head.pooler, stock.head), (head.classifier, stock.classifier)]
+    else:
+        pairs = [(head.norm, stock.model.norm), (head.classifier, stock.score)]
+    with torch.no_grad():
+        for mine, theirs in pairs:
+            mine.load_state_dict(theirs.state_dict())
+
+
+@pytest.mark.parametrize(("model_type", "pooling"), STOCK_VARIANTS, ids=[f"{a}-{p or 'default'}" for a, p in STOCK_VARIANTS])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_last_exit_is_the_stock_classifier(model_type, pooling, mode, tmp_path_factory):
+    """With the stock classifier's backbone and head weights, the exit after the last layer computes the stock
+    classifier: the exit heads have the stock shape (pooler, activation, norm, dropout, classifier), so EE/SWEET
+    exits and MM's stock members are the same kind of classifier. In train mode, with the same seed, the dropout
+    masks fall on the same tensors in the same order, so the outputs agree too: dropout sits where the stock
+    head has it, at the stock rates (one exit only: earlier exits' dropout would draw from the RNG first)."""
     folder = backbone(model_type, tmp_path_factory)
     torch.manual_seed(4)
     stock = _stock_classifier(model_type, folder, pooling)
-    model = EarlyExitModel(
-        EarlyExitModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=EXITS, pooling=pooling).config,
-        stock.base_model,
-    ).eval()
-    head = model.heads[-1]
-    with torch.no_grad():
-        if model_type == "bert":
-            head.pooler.load_state_dict(stock.bert.pooler.dense.state_dict())
-            head.classifier.load_state_dict(stock.classifier.state_dict())
-        elif model_type == "modernbert":
-            head.norm.load_state_dict(stock.model.final_norm.state_dict())
-            head.pooler.load_state_dict(stock.head.state_dict())
-            head.classifier.load_state_dict(stock.classifier.state_dict())
-        else:
-            head.norm.load_state_dict(stock.model.norm.state_dict())
-            head.classifier.load_state_dict(stock.score.state_dict())
+    exits = EXITS if mode == "eval" else [DEPTH]
+    config = EarlyExitModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=exits, pooling=pooling).config
+    model = EarlyExitModel(config, stock.base_model)
+    _copy_stock_head(model.heads[-1], stock, model_type)
     batch = _batch(model_type, n=5, seed=9)
+    stock.train(mode == "train")
+    model.train(mode == "train")
+    torch.manual_seed(5)
     expected = stock(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(model(**batch).exit_logits[-1], expected, rtol=0, atol=1e-6)
+    torch.manual_seed(5)
+    got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).exit_logits[-1]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    if mode == "train" and BACKBONES[hf_model_type(model_type)].head != "score":
+        torch.manual_seed(6)  # and dropout is really on: another seed gives other logits
+        other = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).exit_logits[-1]
+        assert not torch.allclose(other, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["deberta", "deberta-v2"])
+def test_deberta_exit_head_is_the_context_pooler(model_type, tmp_path_factory):
+    """DeBERTa's exits: dropout (pooler_dropout) → dense → ACT2FN[pooler_hidden_act] → dropout (cls_dropout, else
+    hidden_dropout_prob) → linear, like the stock ContextPooler + classifier; ``shared_pooler`` shares one
+    ContextPooler (the reference's) and each exit keeps its own classifier and dropout."""
+    from transformers.activations import ACT2FN
+
+    from sweet.model import ContextPooler
+
+    folder = backbone(model_type, tmp_path_factory)
+    config = AutoConfig.from_pretrained(folder)
+    for options, act, rates in [({}, "gelu", (0.0, config.hidden_dropout_prob)),
+                                ({"pooler_hidden_act": "tanh", "pooler_dropout": 0.3, "cls_dropout": 0.2}, "tanh", (0.3, 0.2))]:
+        base_config = AutoConfig.from_pretrained(folder)
+        for key, value in options.items():
+            setattr(base_config, key, value)
+        base = AutoModel.from_pretrained(folder, config=base_config)
+        model = EarlyExitModel(EarlyExitModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=EXITS).config, base)
+        assert model.config.head == "context-pooler"
+        for head in model.heads:
+            assert isinstance(head.pooler, ContextPooler)
+            assert [name for name, _ in head.pooler.named_children()] == ["dense", "dropout", "activation"]
+            assert type(head.pooler.activation) is type(ACT2FN[act])
+            assert (head.pooler.dropout.p, head.dropout.p) == rates
+            assert head.pooler.dense.weight.shape == (config.hidden_size, config.hidden_size)
+            # the order: dropout on the pooled vector, then dense, activation; the exit's dropout, then classifier
+            pooled = torch.randn(3, config.hidden_size)
+            expected = head.classifier(ACT2FN[act](head.pooler.dense(pooled)))
+            torch.testing.assert_close(head.eval()(pooled), expected, rtol=0, atol=0)
+        # fresh, at the stock init std (the tiny checkpoint has no pooler)
+        weight = model.heads[0].pooler.dense.weight
+        assert abs(float(weight.detach().std()) - config.initializer_range) < 0.05 and not bool(model.heads[0].pooler.dense.bias.any())
+    shared = _model(model_type, tmp_path_factory, "sweet", shared_pooler=True)
+    assert isinstance(shared.shared_pooler, ContextPooler) and all(h.pooler is None for h in shared.heads)
+    assert len({id(h.classifier) for h in shared.heads}) == len(EXITS)
 
 
 def test_modernbert_exits_start_from_the_pretrained_head(tmp_path_factory):
@@ -296,6 +363,26 @@ def test_folder_saved_before_pooling_loads_as_cls(tmp_path_factory, tmp_path):
     restored = EarlyExitModel.from_pretrained(tmp_path / "old").eval()
     assert restored.pooling == "cls"
     assert torch.equal(restored(**batch).exit_logits, model(**batch).exit_logits)
+
+
+@pytest.mark.parametrize(("model_type", "options"), [("roberta", {"shared_pooler": True}), ("deberta", {}), ("electra", {})])
+def test_folder_saved_before_stock_heads_loads_with_its_tanh_pooler(model_type, options, tmp_path_factory, tmp_path):
+    """Folders saved before exits took the stock head have no "head" key: BERT's tanh pooler then sat on every
+    BERT-like encoder (RoBERTa's shared one being its AutoModel's pooler), and they load bit for bit as saved."""
+    old = _model(model_type, tmp_path_factory, "sweet", head="tanh-pooler", **options)
+    _perturb(old)
+    old.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / CONFIG_NAME).read_text())
+    assert config.pop("head") == "tanh-pooler"
+    (tmp_path / "old" / CONFIG_NAME).write_text(json.dumps(config))
+    restored = EarlyExitModel.from_pretrained(tmp_path / "old").eval()
+    assert restored.config.head == "tanh-pooler"
+    batch = _batch(model_type, seed=2)
+    assert torch.equal(restored(**batch).exit_logits, old(**batch).exit_logits)
+    # new folders name their head, the stock one
+    assert _model(model_type, tmp_path_factory).config.head == BACKBONES[model_type].head != "tanh-pooler"
+    with pytest.raises(UserError, match=f"head: 'score' is not an exit head {model_type} builds"):
+        _model(model_type, tmp_path_factory, head="score")
 
 
 def test_default_pooling_follows_the_architecture_and_decoders_refuse_cls(tmp_path_factory):
@@ -499,8 +586,12 @@ def test_audit_sweet_shared_pooler_is_exactly_the_pooler(tmp_path_factory):
     report = _audit("bert", tmp_path_factory, "sweet", shared_pooler=True)
     assert report["shared"] == {"backbone.pooler.dense.weight": [1, 2, 3], "backbone.pooler.dense.bias": [1, 2, 3]}
     assert report["shared_pooler"] is True
-    report = _audit("electra", tmp_path_factory, "sweet", shared_pooler=True)  # no pretrained pooler: a new one
-    assert report["shared"] == {"shared_pooler.weight": [1, 2, 3], "shared_pooler.bias": [1, 2, 3]}
+    # ELECTRA's stock head (dropout → dense → GELU) is new in its classifier: one new one, shared
+    report = _audit("electra", tmp_path_factory, "sweet", shared_pooler=True)
+    assert report["shared"] == {"shared_pooler.dense.weight": [1, 2, 3], "shared_pooler.dense.bias": [1, 2, 3]}
+    # DeBERTa's: one ContextPooler, the reference's, besides what every layer reads
+    report = _audit("deberta", tmp_path_factory, "sweet", shared_pooler=True)
+    assert set(report["shared"]) == {"shared_pooler.dense.weight", "shared_pooler.dense.bias", "backbone.encoder.rel_embeddings.weight"}
     # ModernBERT's pooler is its prediction head (no biases in this config), shared, outside the backbone
     report = _audit("modernbert", tmp_path_factory, "sweet", shared_pooler=True)
     assert report["shared"] == {"shared_pooler.dense.weight": [1, 2, 3], "shared_pooler.norm.weight": [1, 2, 3]}
@@ -525,6 +616,44 @@ def test_audit_sweet_deberta_shares_relative_embeddings(model_type, expected, tm
         if any(name.startswith(f"backbone.{p}.") for p in BACKBONES[hf_model_type(model_type)].shared_across_layers)
     }
     assert declared == expected
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_sweet_training_accepts_every_registered_architecture(model_type, tmp_path_factory):
+    """The registry as shipped: every SWEET model's audit finds only what is declared shared (with the shared
+    pooler too, where the architecture has one)."""
+    from sweet.audit import require_separation
+
+    options = [{}] if model_type == "qwen2" else [{}, {"shared_pooler": True}]
+    for option in options:
+        model = _model(model_type, tmp_path_factory, "sweet", **option)
+        require_separation(model, separation_audit(model, VOCAB))
+
+
+def test_sweet_training_refuses_a_registry_entry_that_leaks_gradient(monkeypatch, tmp_path_factory):
+    """A registry entry that forgets DeBERTa-v2's layer-1 convolution cuts SWEET's graph at layer 1's output, but
+    the convolution also reads the embeddings (un-detached): exit 2 then trains block 1. One that forgets the
+    relative-position table every layer reads leaks it. Both are refused for SWEET, named, not for EE."""
+    import dataclasses
+
+    from sweet.audit import require_separation
+
+    spec = BACKBONES["deberta-v2"]
+    monkeypatch.setitem(BACKBONES, "deberta-v2", dataclasses.replace(spec, after_first_layer=None))
+    model = _model("deberta-v2-conv", tmp_path_factory, "sweet")
+    report = separation_audit(model, VOCAB)
+    leaked = sorted(n for n in report["shared"] if not n.startswith(("backbone.encoder.rel_embeddings", "backbone.encoder.LayerNorm")))
+    assert leaked and all(report["shared"][n][0] == 1 for n in leaked)
+    with pytest.raises(UserError, match=r"^sweet: parameter 'backbone\.(embeddings|encoder\.conv)\..*' receives gradient from exits 1, 2.*BACKBONES\['deberta-v2'\]") as refused:
+        require_separation(model, report)
+    assert "\n" not in str(refused.value)
+    ee = _model("deberta-v2-conv", tmp_path_factory, "ee")
+    require_separation(ee, separation_audit(ee, VOCAB))  # EE shares by design
+
+    monkeypatch.setitem(BACKBONES, "deberta", dataclasses.replace(BACKBONES["deberta"], shared_across_layers=()))
+    model = _model("deberta", tmp_path_factory, "sweet")
+    with pytest.raises(UserError, match=r"'backbone\.encoder\.rel_embeddings\.weight' receives gradient from exits 1, 2, 3, "):
+        require_separation(model, separation_audit(model, VOCAB))
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
@@ -604,8 +733,7 @@ def test_layers_after_last_exit_not_computed(model_type, method, tmp_path_factor
 
 @pytest.mark.parametrize(("model_type", "pooling"), [("bert", None), ("qwen2", "mean")])
 def test_gradient_conflict_probe_matches_a_direct_computation(model_type, pooling, tmp_path_factory):
-    """The probe's cosines equal cosines of concatenated per-block gradients computed from scratch, and the
-    probe leaves the RNG (hence the training run) untouched."""
+    """The probe's cosines equal cosines of concatenated per-block gradients computed from scratch."""
     from sweet.train import block_parameters, gradient_conflict
 
     model = _model(model_type, tmp_path_factory, method="ee", pooling=pooling).eval()
@@ -617,10 +745,7 @@ def test_gradient_conflict_probe_matches_a_direct_computation(model_type, poolin
     layers = {n: _layer_of(n, model_type) for n, _ in model.named_parameters()}
     assert names == {n for n, layer in layers.items() if layer is not None and layer <= EXITS[-1]}
     assert sum(len(b) for b in blocks) == len(in_blocks)
-    torch.manual_seed(123)
-    before = torch.random.get_rng_state()
     rows = gradient_conflict(model, batch, step=7)
-    assert torch.equal(before, torch.random.get_rng_state())
 
     blocks = block_parameters(model)
     flat = []
@@ -639,3 +764,35 @@ def test_gradient_conflict_probe_matches_a_direct_computation(model_type, poolin
     assert got.keys() == expected.keys() and all(r["step"] == 7 for r in rows)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_gradient_conflict_probe_leaves_a_training_run_unchanged(tmp_path_factory):
+    """In train mode with dropout on, the probe's own forward pass draws dropout masks; it restores the RNG, so a
+    few optimizer steps with the probe before each give the same losses and parameters as without it."""
+    from sweet.train import gradient_conflict
+
+    def run(probe: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        model = _model("bert", tmp_path_factory, "ee").train()
+        assert model.backbone.config.hidden_dropout_prob > 0 and model.heads[0].dropout.p > 0
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(11)
+        losses = []
+        for step in range(3):
+            batch = _batch("bert", seed=step)
+            if probe:
+                assert gradient_conflict(model, batch, step)
+            optimizer.zero_grad()
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    losses, params = run(probe=False)
+    probed_losses, probed_params = run(probe=True)
+    assert all(torch.equal(a, b) for a, b in zip(losses, probed_losses))
+    assert all(torch.equal(params[n], probed_params[n]) for n in params)
+    # dropout really draws from the RNG here: another seed moves the losses
+    model = _model("bert", tmp_path_factory, "ee").train()
+    torch.manual_seed(12)
+    assert not torch.equal(model(**_batch("bert", seed=0)).loss, losses[0])
