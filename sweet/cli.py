@@ -126,18 +126,27 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from sweet.batches import encode, load_tokenizer
     from sweet.calibrate import calibrate_exits
     from sweet.data import load_prepared
-    from sweet.evaluate import exit_logits, load_model
-    from sweet.io import write_json
+    from sweet.evaluate import exit_logits, load_model, logits_record
+    from sweet.io import write_json, write_npz
 
     task = load_prepared(args.task_dir)
     splits = json.loads(Path(args.splits).read_text())
-    pool = task.eval if splits.get("calibrate_on") == "eval" else task.train
+    on_eval = splits.get("calibrate_on") == "eval"
+    pool = task.eval if on_eval else task.train
     rows = _select(pool, splits["calibration_ids"], args.splits)
     model = load_model(args.model)
     tokenizer = load_tokenizer(args.model)
-    logits, _ = exit_logits(model, encode(rows, tokenizer), args.batch_size, tokenizer.pad_token_id or 0)
+    features = encode(rows, tokenizer)
+    logits, lte = exit_logits(model, features, args.batch_size, tokenizer.pad_token_id or 0)
     result = calibrate_exits(logits, np.asarray([r["label"] for r in rows]))
-    result["split"] = "eval (reference protocol)" if splits.get("calibrate_on") == "eval" else "calibration (unused training pool)"
+    result["split"] = "eval (reference protocol)" if on_eval else "calibration (unused training pool)"
+    if args.logits_out:
+        # The very logits the temperatures were fitted on, in logits.npz's format: what held-out operating points
+        # and risk control choose thresholds on. `calibrate_on` is kept so a reader can tell a split that is
+        # the evaluation set itself (where no held-out guarantee holds).
+        record = logits_record(model, rows, features, logits, lte, result["temperatures"])
+        record["calibrate_on"] = np.array("eval" if on_eval else "pool")
+        write_npz(args.logits_out, record)
     write_json(args.out, result)
 
 
@@ -278,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-dir", required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="temperatures.json")
+    p.add_argument("--logits-out", help="calibration_logits.npz: the calibration split's per-exit logits, in "
+                   "logits.npz's format (with the fitted temperatures)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="per-exit logits of the evaluation split, in one batched pass")

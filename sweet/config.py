@@ -280,6 +280,7 @@ def disk_estimate(config: dict, models: dict[str, Model], base: Path = Path(".")
                     runs += n_seeds
                     per_run = n_exits * n_eval * (n_cls + 1) * 4 + n_eval * 16  # logits, lte scores, labels
                     per_run += 700 * 200  # curves.csv: 5 rules × (11 + 101) thresholds × ~200 bytes
+                    per_run += n_exits * config.get("calibration_size", 1000) * (n_cls + 1) * 4  # calibration logits
                     per_run += (b + config.get("calibration_size", 1000)) * 8 + 100_000  # splits, records, logs
                     base_bytes += per_run * n_seeds
                     if model.arch is None:

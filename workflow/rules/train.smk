@@ -134,7 +134,10 @@ rule calibrate:
         task_dir=task_dir,
         splits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/splits.json",
     output:
-        "results/runs/{task}/{model}/b{budget}/{method}/s{seed}/temperatures.json",
+        temperatures="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/temperatures.json",
+        # the calibration split's per-exit logits (logits.npz's format): held-out operating points and
+        # risk-controlled thresholds are chosen on these, never on the evaluation set
+        logits="results/runs/{task}/{model}/b{budget}/{method}/s{seed}/calibration_logits.npz",
     params:
         model=model_dir,
         batch=EVAL_BATCH,
@@ -154,4 +157,5 @@ rule calibrate:
     threads: THREADS
     shell:
         "{params.offline} python -m sweet calibrate --model {params.model} --task-dir {input.task_dir}"
-        " --splits {input.splits} --batch-size {params.batch} --out {output} > {log} 2>&1"
+        " --splits {input.splits} --batch-size {params.batch} --out {output.temperatures}"
+        " --logits-out {output.logits} > {log} 2>&1"
