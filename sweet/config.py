@@ -172,6 +172,11 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
         raise UserError(f"claims.slow_speedup: {slow} is above claims.fast_speedup ({fast}); 'slow' speedups must "
                         "lie below 'fast' ones (the paper: slow ≤ 1.5×, fast ≥ 2×)")
 
+    if config.get("calibrate_on", "pool") == "eval" and (config.get("risk_control") or {}).get("enabled", True):
+        raise UserError("calibrate_on: eval chooses risk-controlled thresholds on the evaluation set itself, which "
+                        "voids their guarantee; set calibrate_on: pool, or risk_control: {enabled: false} to "
+                        "reproduce the reference's protocol without risk control")
+
     # What only the selected grid needs: its data files present, its budgets fitting the pool.
     grid = config["grids"][config["grid"]]
     calibration = config.get("calibration_size", 1000)

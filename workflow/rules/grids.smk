@@ -46,7 +46,8 @@ def table_inputs(wildcards):
     if draws_finished_runs(wildcards.grid):
         return []
     return [*run_files("curves.csv"), *run_files("individual_exits.csv"),
-            *run_files("gradient_conflict.csv", methods=("ee", "sweet"))]
+            *run_files("gradient_conflict.csv", methods=("ee", "sweet")),
+            *run_files("operating_points.csv"), *run_files("risk_control.csv")]
 
 
 def finished_runs(wildcards):
