@@ -226,8 +226,9 @@ def cmd_operating_points(args: argparse.Namespace) -> None:
                                  args.thresholds, args.dense)
     else:
         risk = pd.DataFrame(columns=RISK_COLUMNS)  # header only: the file exists either way, so readers need no case
-    write_csv(args.out, with_meta(points, meta))
-    write_csv(args.risk_out, with_meta(risk, meta))
+    # exact floats: a threshold read back from these files (by `sweet export`, say) must be the one chosen
+    write_csv(args.out, with_meta(points, meta), float_format=None)
+    write_csv(args.risk_out, with_meta(risk, meta), float_format=None)
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
