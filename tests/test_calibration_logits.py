@@ -36,10 +36,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _untrained_model(setup: Path, method: str) -> Path:
+def _untrained_model(setup: Path, method: str, name: str = "") -> Path:
     """A randomly initialised model folder as `train` leaves it (weights + tokenizer): its exits disagree, which
     is all an exactness test needs."""
-    folder = setup / method / "model"
+    folder = setup / (name or method) / "model"
     tokenizer = AutoTokenizer.from_pretrained(setup / "backbone")
     if method == "mm":
         MultiModel.from_pretrained(setup / "backbone", num_labels=2, exit_layers=EXITS).save_pretrained(folder)
@@ -85,3 +85,50 @@ def test_calibration_logits_equal_a_fresh_pass_and_match_logits_npz(setup: Path,
         assert stored[key].dtype == evaluation[key].dtype, key
         if key not in ("exit_logits", "labels", "ids", "lengths", "lte_scores"):
             np.testing.assert_array_equal(stored[key], evaluation[key])
+
+
+def test_operating_points_stage_writes_the_contract_exactly_and_refuses_an_eval_calibration(setup: Path) -> None:
+    import pandas as pd
+
+    from sweet.operating_points import OPERATING_POINT_COLUMNS
+    from sweet.reporting.collect import OPERATING_POINT_COLUMNS as COLLECTED_POINTS
+    from sweet.reporting.collect import RISK_CONTROL_COLUMNS
+    from sweet.risk import RISK_COLUMNS
+
+    model_dir = _untrained_model(setup, "sweet", name="stage")
+    run = model_dir.parent
+    common = ["--task-dir", str(setup / "task")]
+    main(["calibrate", "--model", str(model_dir), *common, "--splits", str(setup / "splits.json"),
+          "--out", str(run / "temperatures.json"), "--logits-out", str(run / "calibration_logits.npz")])
+    main(["evaluate", "--model", str(model_dir), *common, "--temperatures", str(run / "temperatures.json"),
+          "--out", str(run / "logits.npz")])
+    stage = ["operating-points", "--calibration-logits", str(run / "calibration_logits.npz"), "--logits",
+             str(run / "logits.npz"), *common, "--meta", "task=synthetic", "model=tiny", "budget=100",
+             "method=sweet", "seed=1", "--targets", "1.5,2", "--risk-control", '{"epsilons": [0.05], "delta": 0.1}',
+             "--out", str(run / "operating_points.csv"), "--risk-out", str(run / "risk_control.csv")]
+    main(stage)
+    points = pd.read_csv(run / "operating_points.csv")
+    risk = pd.read_csv(run / "risk_control.csv")
+    assert list(points.columns) == ["task", "model", "budget", "method", "seed", *OPERATING_POINT_COLUMNS]
+    assert list(risk.columns) == ["task", "model", "budget", "method", "seed", *RISK_COLUMNS]
+    assert set(COLLECTED_POINTS) <= set(points.columns) and set(RISK_CONTROL_COLUMNS) <= set(risk.columns)
+    assert len(points) == 3 * 2 and len(risk) == 3 * 2  # confidence, entropy, patience × targets (× risks)
+    # thresholds are written exactly: each one read back is a point of the grid the curves use
+    from sweet.curves import threshold_grid
+
+    grid, _ = threshold_grid("confidence", 2, 3, 11, 101)
+    reached = points[(points["strategy"] == "confidence") & points["reached"]]
+    assert reached["threshold"].isin(grid).all()
+    certified = risk[risk["certified"] & (risk["strategy"] == "confidence")]
+    assert certified["threshold"].isin(grid).all()
+
+    # calibrated on the evaluation set: no guarantee, so the stage refuses (one line, exit 2, nothing written)
+    record = load_logits(run / "calibration_logits.npz")
+    record["calibrate_on"] = np.array("eval")
+    np.savez(run / "eval_calibration.npz", **record)
+    stage[2] = str(run / "eval_calibration.npz")
+    stage[-3], stage[-1] = str(run / "other_points.csv"), str(run / "other_risk.csv")
+    with pytest.raises(SystemExit) as exit_info:
+        main(stage)
+    assert exit_info.value.code == 2
+    assert not (run / "other_points.csv").exists() and not (run / "other_risk.csv").exists()
