@@ -200,7 +200,12 @@ def check_claims(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSetti
     for claim in CLAIMS:
         per_run = _measure(claim, curves, exits, settings, operating_points)
         setting_rows = _setting_rows(claim, per_run, scale, settings)
-        rows.append(_pooled_row(claim, per_run, setting_rows, settings))
+        pooled = _pooled_row(claim, per_run, setting_rows, settings)
+        if (settings.operating_points == "held-out" and claim.measure in HELD_OUT_NAMES
+                and (operating_points is None or operating_points.empty)):
+            # runs that finished before operating points existed: say so, not "no EE runs"
+            pooled["verdict"] = "not tested (no held-out operating points; run `python -m sweet operating-points`)"
+        rows.append(pooled)
         rows += setting_rows
     # Rows are built in a fixed order (claims as listed, settings as the sorted frames give them).
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
