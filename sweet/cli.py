@@ -1,7 +1,7 @@
 """`python -m sweet <stage>`: the commands the workflow's rules call, one per stage of the data flow.
 
-prepare → init-backbone (or fetch) → split → train (→ combine for MM) → calibrate → evaluate → curves → aggregate → figures
-→ report.
+prepare → init-backbone (or fetch) → split → train (→ combine for MM) → calibrate → evaluate → curves (and
+operating-points) → aggregate → figures → report.
 User errors end with one line on stderr naming the field and the fix, exit code 2, and no partial output.
 """
 
@@ -38,6 +38,16 @@ def _layers_arg(value: str) -> list[int]:
         return [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{value}' must be comma-separated layer counts, e.g. 1,4,6,12") from None
+
+
+def _speedups_arg(value: str) -> list[float]:
+    try:
+        speedups = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of numbers") from None
+    if not speedups or any(s <= 0 for s in speedups):
+        raise argparse.ArgumentTypeError("give positive numbers, e.g. 1.5,2,3")
+    return speedups
 
 
 def _meta_arg(value: str) -> tuple[str, str]:
@@ -144,21 +154,30 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from sweet.batches import encode, load_tokenizer
     from sweet.calibrate import calibrate_exits
     from sweet.data import load_prepared
-    from sweet.evaluate import exit_logits, load_model
-    from sweet.io import write_json
+    from sweet.evaluate import exit_logits, load_model, logits_record
+    from sweet.io import write_json, write_npz
 
     task = load_prepared(args.task_dir)
     splits = json.loads(Path(args.splits).read_text())
     if "calibration_ids" not in splits:
         raise UserError(f"--splits: {args.splits} holds no calibration split; give the calibration.json that "
                         "`sweet split --calibration-out` writes")
-    pool = task.eval if splits.get("calibrate_on") == "eval" else task.train
+    on_eval = splits.get("calibrate_on") == "eval"
+    pool = task.eval if on_eval else task.train
     rows = _select(pool, splits["calibration_ids"], args.splits)
     model = load_model(args.model)
     tokenizer = load_tokenizer(args.model)
-    logits, _ = exit_logits(model, encode(rows, tokenizer), args.batch_size, tokenizer.pad_token_id or 0)
+    features = encode(rows, tokenizer)
+    logits, lte = exit_logits(model, features, args.batch_size, tokenizer.pad_token_id or 0)
     result = calibrate_exits(logits, np.asarray([r["label"] for r in rows]))
-    result["split"] = "eval (reference protocol)" if splits.get("calibrate_on") == "eval" else "calibration (unused training pool)"
+    result["split"] = "eval (reference protocol)" if on_eval else "calibration (unused training pool)"
+    if args.logits_out:
+        # The very logits the temperatures were fitted on, in logits.npz's format: what held-out operating points
+        # and risk control choose thresholds on. `calibrate_on` is kept so a reader can tell a split that is
+        # the evaluation set itself (where no held-out guarantee holds).
+        record = logits_record(model, rows, features, logits, lte, result["temperatures"])
+        record["calibrate_on"] = np.array("eval" if on_eval else "pool")
+        write_npz(args.logits_out, record)
     write_json(args.out, result)
 
 
@@ -201,6 +220,53 @@ def cmd_migrate_runs(args: argparse.Namespace) -> None:
         return
     for line in migrate(found, apply=not args.dry_run):
         print(line)
+
+
+def cmd_operating_points(args: argparse.Namespace) -> None:
+    """Held-out operating points and risk-controlled thresholds of one run, from its two splits' stored logits."""
+    import pandas as pd
+
+    from sweet.curves import curve_rows, load_logits, with_meta
+    from sweet.data import compute_metrics, load_prepared
+    from sweet.io import write_csv
+    from sweet.operating_points import operating_point_rows
+    from sweet.risk import (
+        DEFAULT_DELTA,
+        DEFAULT_EPSILONS,
+        DEFAULT_RISKS,
+        RISK_COLUMNS,
+        RISKS,
+        risk_control_rows,
+    )
+
+    task = load_prepared(args.task_dir)
+    calibration, evaluation = load_logits(args.calibration_logits), load_logits(args.logits)
+    meta = dict(args.meta or [])
+    settings = args.risk_control or {}
+    unknown = sorted(set(settings) - {"enabled", "risks", "epsilons", "delta"})
+    if unknown:
+        raise UserError(f"--risk-control: unknown key {unknown[0]!r}; known keys: delta, enabled, epsilons, risks")
+    risks = list(settings.get("risks", DEFAULT_RISKS))
+    bad = [r for r in risks if r not in RISKS]
+    if bad:
+        raise UserError(f"--risk-control: risk {bad[0]!r} unknown; use any of {', '.join(RISKS)}")
+    enabled = bool(settings.get("enabled", True))
+    if enabled and str(calibration.get("calibrate_on", "pool")) == "eval":
+        raise UserError(f"{args.calibration_logits}: the calibration split is the evaluation set (calibrate_on: "
+                        "eval), so no risk guarantee holds; recalibrate with calibrate_on: pool, or turn risk "
+                        "control off (risk_control.enabled: false)")
+    curves = [curve_rows(logits, task.metrics, task.primary_metric, compute_metrics, args.thresholds, args.dense)
+              for logits in (calibration, evaluation)]
+    points = operating_point_rows(*curves, args.targets)
+    if enabled:
+        risk = risk_control_rows(calibration, evaluation, task.metrics, task.primary_metric, compute_metrics, risks,
+                                 settings.get("epsilons", DEFAULT_EPSILONS), settings.get("delta", DEFAULT_DELTA),
+                                 args.thresholds, args.dense)
+    else:
+        risk = pd.DataFrame(columns=RISK_COLUMNS)  # header only: the file exists either way, so readers need no case
+    # exact floats: a threshold read back from these files (by `sweet export`, say) must be the one chosen
+    write_csv(args.out, with_meta(points, meta), float_format=None)
+    write_csv(args.risk_out, with_meta(risk, meta), float_format=None)
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
@@ -322,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-dir", required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="temperatures.json")
+    p.add_argument("--logits-out", help="calibration_logits.npz: the calibration split's per-exit logits, in "
+                   "logits.npz's format (with the fitted temperatures)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="per-exit logits of the evaluation split, in one batched pass")
@@ -351,6 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs the runs trained with (only matters for bf16/fp16 training; default 0)")
     p.add_argument("--dry-run", action="store_true", help="say what would move, move nothing")
     p.set_defaults(func=cmd_migrate_runs)
+
+    p = sub.add_parser("operating-points", help="held-out operating points and risk-controlled thresholds "
+                       "(chosen on the calibration split's logits, applied to the evaluation split's)")
+    p.add_argument("--calibration-logits", required=True, help="calibration_logits.npz (from `calibrate`)")
+    p.add_argument("--logits", required=True, help="logits.npz (from `evaluate`)")
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--meta", type=_meta_arg, nargs="*", help="identity columns, e.g. task=sst2 seed=1")
+    p.add_argument("--thresholds", type=int, default=11, help="points of the reference grid (as `curves`)")
+    p.add_argument("--dense", type=int, default=101, help="points of the dense grid (as `curves`)")
+    p.add_argument("--targets", type=_speedups_arg, default=[1.5, 2.0, 3.0],
+                   help="target speedups of the held-out operating points (default 1.5,2,3)")
+    p.add_argument("--risk-control", type=_json_arg, default={},
+                   help="JSON: enabled, risks (disagreement, accuracy-drop), epsilons, delta (config risk_control:)")
+    p.add_argument("--out", required=True, help="operating_points.csv")
+    p.add_argument("--risk-out", required=True, help="risk_control.csv")
+    p.set_defaults(func=cmd_operating_points)
 
     p = sub.add_parser("audit", help="list parameters that receive gradient from more than one exit")
     p.add_argument("--backbone", required=True)

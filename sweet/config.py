@@ -204,6 +204,11 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
         raise UserError(f"claims.slow_speedup: {slow} is above claims.fast_speedup ({fast}); 'slow' speedups must "
                         "lie below 'fast' ones (the paper: slow ≤ 1.5×, fast ≥ 2×)")
 
+    if config.get("calibrate_on", "pool") == "eval" and (config.get("risk_control") or {}).get("enabled", True):
+        raise UserError("calibrate_on: eval chooses risk-controlled thresholds on the evaluation set itself, which "
+                        "voids their guarantee; set calibrate_on: pool, or risk_control: {enabled: false} to "
+                        "reproduce the reference's protocol without risk control")
+
     # What only the selected grid needs: its data files present, its budgets fitting the pool.
     grid = config["grids"][config["grid"]]
     calibration = config.get("calibration_size", 1000)
@@ -326,6 +331,7 @@ def disk_estimate(config: dict, models: dict[str, Model], base: Path = Path(".")
                     runs += n_seeds
                     per_run = n_exits * n_eval * (n_cls + 1) * 4 + n_eval * 16  # logits, lte scores, labels
                     per_run += 700 * 200  # curves.csv: 5 rules × (11 + 101) thresholds × ~200 bytes
+                    per_run += n_exits * config.get("calibration_size", 1000) * (n_cls + 1) * 4  # calibration logits
                     per_run += (b + config.get("calibration_size", 1000)) * 8 + 100_000  # splits, records, logs
                     base_bytes += per_run * n_seeds
                     if model.arch is None:

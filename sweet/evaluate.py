@@ -71,14 +71,12 @@ def flops_shape(model: EarlyExitModel | MultiModel, num_labels: int) -> EncoderS
     return encoder_shape(model.backbone.config, model.pooling, num_labels)
 
 
-def evaluate(
-    model_dir: str | Path, rows: list[dict], temperatures: list[float] | None, out: str | Path, batch_size: int = 64
-) -> None:
-    """Write ``logits.npz`` for ``rows`` (the evaluation split) with everything the curves need."""
-    model = load_model(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    features = encode(rows, tokenizer)
-    logits, lte = exit_logits(model, features, batch_size, tokenizer.pad_token_id or 0)
+def logits_record(
+    model: EarlyExitModel | MultiModel, rows: list[dict], features: list[dict], logits: np.ndarray,
+    lte: np.ndarray | None, temperatures: list[float] | None,
+) -> dict[str, np.ndarray]:
+    """What ``logits.npz`` (and ``calibration_logits.npz``) holds for ``rows``: the per-exit logits of one pass,
+    the temperatures, labels, lengths and everything the curves' speed and FLOPs accounting needs."""
     if temperatures is None:
         temperatures = [1.0] * logits.shape[0]
     if len(temperatures) != logits.shape[0]:
@@ -101,4 +99,15 @@ def evaluate(
     }
     if lte is not None:
         arrays["lte_scores"] = lte
-    write_npz(out, arrays)
+    return arrays
+
+
+def evaluate(
+    model_dir: str | Path, rows: list[dict], temperatures: list[float] | None, out: str | Path, batch_size: int = 64
+) -> None:
+    """Write ``logits.npz`` for ``rows`` (the evaluation split) with everything the curves need."""
+    model = load_model(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    features = encode(rows, tokenizer)
+    logits, lte = exit_logits(model, features, batch_size, tokenizer.pad_token_id or 0)
+    write_npz(out, logits_record(model, rows, features, logits, lte, temperatures))

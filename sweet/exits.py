@@ -8,6 +8,7 @@ always answers. Adding a rule is one ``ExitRule`` entry in ``EXIT_RULES``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,9 @@ class ExitRule:
     fires: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]  # probs [K,N,C], lte [K,N] → bool [K,N]
     thresholds: Callable[[int, int, int], np.ndarray]  # (num_labels, num_exits, n) → grid
     needs_lte: bool = False
+    # A threshold at which the rule never fires (every example reaches the last exit): thresholds nearer to it
+    # are the more conservative ones, which is the order risk control tests them in (sweet.risk).
+    never_fires: float = math.inf
 
 
 def _prob_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
@@ -73,7 +77,7 @@ def _patience_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
 
 EXIT_RULES: dict[str, ExitRule] = {
     "confidence": ExitRule("confidence", _confidence, _prob_grid),
-    "entropy": ExitRule("entropy", _entropy, _unit_grid),
+    "entropy": ExitRule("entropy", _entropy, _unit_grid, never_fires=-math.inf),  # exits when entropy is LOW
     "patience": ExitRule("patience", _patience, _patience_grid),
     "learned": ExitRule("learned", _learned, _unit_grid, needs_lte=True),
 }

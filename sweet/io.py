@@ -85,10 +85,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
-def write_csv(path: str | os.PathLike, frame: Any) -> None:
-    """Write a pandas DataFrame as CSV, atomically, with a stable float format."""
+def write_csv(path: str | os.PathLike, frame: Any, float_format: str | None = "%.6g") -> None:
+    """Write a pandas DataFrame as CSV, atomically, with a stable float format (None: every float exactly, as the
+    shortest text that reads back to the same number)."""
     with atomic_path(path, suffix=".csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+        frame.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
 
 
 def _json_default(obj: Any) -> Any:

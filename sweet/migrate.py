@@ -31,10 +31,12 @@ from sweet.layout import (
 )
 
 TRAINING_FILES = ("train_metrics.json", "gradient_conflict.csv", "members", "model")
-CALIBRATED_FILES = ("temperatures.json", "logits.npz", "curves.csv", "individual_exits.csv")
+# Runs of the layout before run ids never kept the calibration split's logits, so they get no operating points
+# (the workflow does not ask for them: workflow/rules/grids.smk).
+CALIBRATED_FILES = ("temperatures.json", "calibration_logits.npz", "logits.npz", "curves.csv", "individual_exits.csv")
 CSV_WITH_META = ("curves.csv", "individual_exits.csv", "gradient_conflict.csv")
 TRAINING_STEPS = ("split", "train", "combine")
-CALIBRATED_STEPS = ("calibrate", "evaluate", "curves")
+CALIBRATED_STEPS = ("calibrate", "evaluate", "curves")  # the steps the layout before run ids had
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from sweet.config import KNOWN_BACKBONES, Model, load_config_file, parameter_cou
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RULES = {"train", "train_member", "calibrate", "evaluate"}
-LOCAL_RULES = {"split", "combine", "curves", "prepare", "init_backbone", "fetch_backbone", "aggregate", "all"}
+LOCAL_RULES = {"split", "combine", "curves", "operating_points", "prepare", "init_backbone", "fetch_backbone", "aggregate", "all"}
 OVERLAY = """\
 grid: reviews
 grids:

@@ -326,3 +326,20 @@ def test_task_keys_match_the_data_module() -> None:
     for branch in load_schema()["properties"]["tasks"]["additionalProperties"]["allOf"]:
         source = branch["if"]["properties"]["source"]["const"]
         assert set(branch["then"]["properties"]) == accepted[source], source
+
+
+# ------------------------------------------------------------------------------------- operating points, risk
+def test_risk_control_refuses_calibrating_on_the_evaluation_set(config: dict) -> None:
+    config["calibrate_on"] = "eval"
+    refused(config, "calibrate_on", "calibrate_on: pool", "risk_control: {enabled: false}")
+    config["risk_control"]["enabled"] = False  # the reference's protocol, without the guarantee
+    validate(config, base_dir=ROOT)
+
+
+def test_bad_operating_point_and_risk_control_values(config: dict) -> None:
+    for section, key, value in [("risk_control", "risks", ["coverage"]), ("risk_control", "epsilons", [0]),
+                                ("risk_control", "delta", 1), ("operating_points", "targets", [-1]),
+                                ("claims", "operating_points", "optimistic")]:
+        bad = copy.deepcopy(config)
+        bad[section][key] = value
+        refused(bad, f"{section}.{key}")

@@ -58,6 +58,7 @@ def test_default_grid_plans(tmp_path: Path) -> None:
     # demo: 1 task × 1 model × 2 budgets × 2 seeds = 4 per method; MM has one job per member (4 exits).
     assert jobs["train"] == 8 and jobs["train_member"] == 16 and jobs["combine"] == 4
     assert jobs["evaluate"] == 12 and jobs["curves"] == 12 and jobs["calibrate"] == 12
+    assert jobs["operating_points"] == 12  # one per run, from calibration_logits.npz and logits.npz
     assert jobs["prepare"] == 1 and jobs["init_backbone"] == 1
     assert jobs["aggregate"] == 1 and jobs["plot_figures"] == 1 and jobs["write_report"] == 1
     assert "grid 'demo': 12 runs" in result.stderr

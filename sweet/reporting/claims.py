@@ -13,7 +13,7 @@ Adding a claim is one entry in ``CLAIMS`` (and a function in ``MEASURES`` if it 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ class ClaimSettings:
     slow_speedup: float = 1.5
     margin: float = 1.0  # points
     level: float = LEVEL
+    # envelope: speed–accuracy claims read the evaluation curves (the paper's); held-out: the held-out operating
+    # points (thresholds chosen on the calibration split, sweet.operating_points)
+    operating_points: str = "envelope"
 
     @classmethod
     def from_dict(cls, values: dict | None) -> ClaimSettings:
@@ -120,6 +123,48 @@ MEASURE_NAMES = {
 }
 
 
+OPERATING_POINT_MODES = ("envelope", "held-out")
+HELD_OUT_NAMES = {
+    "fast": "held-out score, mean over target speedups ≥ fast",
+    "slow": "held-out score, mean over target speedups ≤ slow",
+    "auc": "held-out score, mean over all target speedups",
+}
+
+
+def held_out_measure(region: str, operating_points: pd.DataFrame, settings: ClaimSettings) -> pd.DataFrame:
+    """Per run: the mean evaluation score of the held-out operating points (the claims' exit rule) over the
+    target speedups of ``region`` (fast: ≥ fast_speedup; slow: ≤ slow_speedup; auc: all). NaN when a run has
+    no held-out point at one of them (its calibration curve never got that fast), so it is not paired."""
+    if operating_points is None or operating_points.empty:
+        return empty_frame(MEASURE_COLUMNS)
+    points = operating_points[operating_points["strategy"] == settings.exit_rule]
+    target = points["target_speedup"]
+    if region == "fast":
+        points = points[target >= settings.fast_speedup - 1e-9]
+    elif region == "slow":
+        points = points[target <= settings.slow_speedup + 1e-9]
+    if points.empty:
+        return empty_frame(MEASURE_COLUMNS)
+    per_run = (points.groupby(RUN_KEYS, sort=False)
+               .agg(value=("eval_score", lambda v: v.mean() if v.notna().all() else np.nan),
+                    speedup_min=("target_speedup", "min"), speedup_max=("target_speedup", "max"))
+               .reset_index())
+    return per_run.dropna(subset=["value"])[MEASURE_COLUMNS]
+
+
+def _measure(claim: Claim, curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSettings,
+             operating_points: pd.DataFrame | None) -> pd.DataFrame:
+    if settings.operating_points == "held-out" and claim.measure in HELD_OUT_NAMES:
+        return held_out_measure(claim.measure, operating_points, settings)
+    return MEASURES[claim.measure](curves, exits, settings)
+
+
+def _measure_name(claim: Claim, settings: ClaimSettings) -> str:
+    if settings.operating_points == "held-out" and claim.measure in HELD_OUT_NAMES:
+        return HELD_OUT_NAMES[claim.measure]
+    return MEASURE_NAMES[claim.measure]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # verdicts
 
@@ -144,15 +189,23 @@ def verdict(claim: Claim, low: float, high: float, settings: ClaimSettings) -> s
     return "inconclusive"
 
 
-def check_claims(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSettings | None = None) -> pd.DataFrame:
-    """One pooled row per claim, then one row per task × model × budget where both methods have runs."""
+def check_claims(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSettings | None = None,
+                 operating_points: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One pooled row per claim, then one row per task × model × budget where both methods have runs.
+    ``operating_points`` (the runs' held-out operating points) is read when ``settings.operating_points`` is
+    ``held-out``: the speed–accuracy claims then compare held-out scores instead of the evaluation curves."""
     settings = settings or ClaimSettings()
     scale = points_scale(*(f["score"] for f in (curves, exits) if not f.empty))
     rows = []
     for claim in CLAIMS:
-        per_run = MEASURES[claim.measure](curves, exits, settings)
+        per_run = _measure(claim, curves, exits, settings, operating_points)
         setting_rows = _setting_rows(claim, per_run, scale, settings)
-        rows.append(_pooled_row(claim, per_run, setting_rows, settings))
+        pooled = _pooled_row(claim, per_run, setting_rows, settings)
+        if (settings.operating_points == "held-out" and claim.measure in HELD_OUT_NAMES
+                and (operating_points is None or operating_points.empty)):
+            # runs that finished before operating points existed: say so, not "no EE runs"
+            pooled["verdict"] = "not tested (no held-out operating points; run `python -m sweet operating-points`)"
+        rows.append(pooled)
         rows += setting_rows
     # Rows are built in a fixed order (claims as listed, settings as the sorted frames give them).
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
@@ -161,7 +214,7 @@ def check_claims(curves: pd.DataFrame, exits: pd.DataFrame, settings: ClaimSetti
 def _base_row(claim: Claim, settings: ClaimSettings) -> dict:
     return {"claim": claim.id, "statement": claim.describe(settings), "level": settings.level,
             "comparison": f"{display_name(claim.better)}-{display_name(claim.than)}",
-            "measure": MEASURE_NAMES[claim.measure], "paper": claim.paper if claim.paper is not None else np.nan}
+            "measure": _measure_name(claim, settings), "paper": claim.paper if claim.paper is not None else np.nan}
 
 
 def _setting_rows(claim: Claim, per_run: pd.DataFrame, scale: float, settings: ClaimSettings) -> list[dict]:
@@ -214,6 +267,19 @@ def _no_estimate(claim: Claim, settings: ClaimSettings) -> str:
     return "inconclusive (no paired seeds)"
 
 
+def claims_both_ways(curves: pd.DataFrame, exits: pd.DataFrame, operating_points: pd.DataFrame,
+                     settings: ClaimSettings | None = None) -> pd.DataFrame:
+    """The speed–accuracy claims (3 and 4) checked on the envelope and on the held-out operating points, one
+    block each (column ``operating_points``), whichever of the two claims.csv uses."""
+    settings = settings or ClaimSettings()
+    frames = []
+    for mode in OPERATING_POINT_MODES:
+        checked = check_claims(curves, exits, replace(settings, operating_points=mode), operating_points)
+        speed = checked[checked["claim"].isin([c.id for c in CLAIMS if c.measure in HELD_OUT_NAMES])]
+        frames.append(speed.assign(operating_points=mode))
+    return pd.concat(frames, ignore_index=True)[["operating_points", *CLAIM_COLUMNS]]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # text
 
@@ -248,7 +314,11 @@ def claims_markdown(claims: pd.DataFrame, settings: ClaimSettings, notice: str =
               "brackets. Per task × model × budget the interval is over seeds; the pooled row averages each task's "
               f"settings and takes the interval over tasks. Speed–accuracy claims use the {settings.exit_rule} "
               f"exit rule; fast = speedups ≥ {settings.fast_speedup:g}×, slow = ≤ {settings.slow_speedup:g}×, "
-              f"comparable = within ± {settings.margin:g} point.", ""]
+              f"comparable = within ± {settings.margin:g} point. They read "
+              + ("the held-out operating points (thresholds chosen on the calibration split, scored on the "
+                 "evaluation split)" if settings.operating_points == "held-out" else
+                 "the evaluation curves (every threshold measured on the evaluation examples: the paper's "
+                 "envelope; envelope_gap.csv says how optimistic)") + ".", ""]
     pooled = claims[claims["scope"] == "pooled"]
     lines += ["| Claim | Statement | Paper | Estimate [interval] | Over | Verdict |",
               "|:---|:---|---:|---:|---:|:---|"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sweet.config import RESULTS
 from sweet.errors import UserError
-from sweet.reporting.claims import ClaimSettings
+from sweet.reporting.claims import OPERATING_POINT_MODES, ClaimSettings
 from sweet.reporting.collect import discover_runs
 from sweet.reporting.runs import grid_runs
 from sweet.reporting.statistics import DEFAULT_SPEEDUPS
@@ -47,6 +47,9 @@ def _claim_settings(values: dict) -> ClaimSettings:
     for name in ("fast_speedup", "slow_speedup", "margin", "level"):
         if not isinstance(getattr(settings, name), int | float) or getattr(settings, name) <= 0:
             raise UserError(f"--claims: {name} must be a positive number, got {getattr(settings, name)!r}")
+    if settings.operating_points not in OPERATING_POINT_MODES:
+        raise UserError(f"--claims: operating_points must be one of {', '.join(OPERATING_POINT_MODES)}, got "
+                        f"{settings.operating_points!r}")
     if not settings.level < 1:
         raise UserError(f"--claims: level must lie between 0 and 1, got {settings.level}")
     return settings
@@ -117,7 +120,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--speedups", type=_speedups_arg, default=list(DEFAULT_SPEEDUPS),
                    help="fixed speedups for speedup_summary.csv (default 1.5,2,3,4)")
     p.add_argument("--claims", type=_json_arg,
-                   help="how claims are checked (JSON): exit_rule, fast_speedup, slow_speedup, margin, level")
+                   help="how claims are checked (JSON): exit_rule, fast_speedup, slow_speedup, margin, level, "
+                        "operating_points (envelope | held-out)")
     p.set_defaults(func=cmd_aggregate)
 
     p = subparsers.add_parser("figures", help="speed-accuracy, individual-exit and gradient-conflict figures")

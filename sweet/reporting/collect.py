@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -22,13 +22,19 @@ GROUP_KEYS = ["task", "model", "budget"]  # a setting: one speed–accuracy figu
 CURVE_COLUMNS = [*RUN_KEYS, "strategy", "threshold", "score", "metric", "speedup", "layer_fraction", "flops_fraction"]
 EXIT_COLUMNS = [*RUN_KEYS, "exit", "exit_layer", "score", "metric"]
 CONFLICT_COLUMNS = [*RUN_KEYS, "step", "block", "exit", "other", "cosine"]
+# Per run, beside logits.npz (python -m sweet operating-points; runs finished before it existed have neither)
+OPERATING_POINT_COLUMNS = [*RUN_KEYS, "strategy", "target_speedup", "threshold", "calibration_speedup",
+                           "calibration_score", "eval_speedup", "eval_score", "envelope_score"]
+RISK_CONTROL_COLUMNS = [*RUN_KEYS, "strategy", "risk", "epsilon", "delta", "threshold", "certified", "why",
+                        "calibration_risk", "upper_bound", "eval_risk", "eval_speedup", "eval_score"]
 # What every run's CSVs carry besides RUN_KEYS (sweet.layout.Run.meta), so results/ CSVs filter by settings.
 SETTINGS_KEYS = ["run_id", "settings", "calibration"]
 RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail", "backbone_revision",
                "git_commit", "torch", "transformers", "run"]
 STRING_COLUMNS = {"task": str, "model": str, "method": str, "metric": str, "strategy": str, "other": str,
                   "status": str, "stopped_at": str, "log": str, "detail": str, "git_commit": str, "run": str,
-                  "run_id": str, "settings": str, "calibration": str, "backbone_revision": str}
+                  "run_id": str, "settings": str, "calibration": str, "backbone_revision": str,
+                  "risk": str, "why": str}
 METHOD_ORDER = ["ee", "sweet", "mm"]
 DISPLAY = {"ee": "EE", "sweet": "SWEET", "mm": "MM"}
 _RUN_PATH = re.compile(r"^b(?P<budget>\d+)/(?P<method>[a-z0-9_]+)(-(?P<run_id>[0-9a-f]{8}))?/s(?P<seed>\d+)$")
@@ -84,6 +90,8 @@ class Collected:
     exits: pd.DataFrame
     conflict: pd.DataFrame
     runs: pd.DataFrame
+    operating_points: pd.DataFrame = field(default_factory=lambda: empty_frame(OPERATING_POINT_COLUMNS))
+    risk_control: pd.DataFrame = field(default_factory=lambda: empty_frame(RISK_CONTROL_COLUMNS))
 
     @property
     def missing(self) -> pd.DataFrame:
@@ -116,6 +124,8 @@ def collect(
     dirs = sorted({Path(d) for d in run_dirs}, key=str)
     expected = {Path(k).as_posix(): v for k, v in (expected_ids or {}).items()}
     curves, exits, conflicts, statuses = [], [], [], []
+    points: list[pd.DataFrame] = []
+    risks: list[pd.DataFrame] = []
     for run in dirs:
         status = run_status(run, logs_root, expected.get(run.as_posix()))
         identity = _identity_from_path(run, model_names or {})
@@ -126,6 +136,10 @@ def collect(
             conflict_path = run_file(run, "gradient_conflict.csv")
             if conflict_path.is_file():
                 conflicts.append(_read_run_csv(conflict_path, CONFLICT_COLUMNS))
+            for name, found in (("operating_points.csv", points), ("risk_control.csv", risks)):
+                if (run / name).is_file():
+                    found.append(_read_run_csv(run / name, OPERATING_POINT_COLUMNS if found is points
+                                               else RISK_CONTROL_COLUMNS))
             if not run_exits.empty:
                 identity.update({k: run_exits[k].iloc[0] for k in [*RUN_KEYS, *SETTINGS_KEYS]
                                  if k in run_exits.columns})
@@ -142,6 +156,9 @@ def collect(
         exits=sort_frame(exits_df, [*RUN_KEYS, "exit"]),
         conflict=sort_frame(conflict_df, [*RUN_KEYS, "step", "block", "other"]),
         runs=runs_df,  # by folder
+        operating_points=sort_frame(_concat(points, OPERATING_POINT_COLUMNS),
+                                    [*RUN_KEYS, "strategy", "target_speedup"]),
+        risk_control=sort_frame(_concat(risks, RISK_CONTROL_COLUMNS), [*RUN_KEYS, "strategy", "risk", "epsilon"]),
     )
 
 

@@ -10,6 +10,8 @@ the report.
   the whole grid.
 * ``individual_exits/<task>__<model>__b<budget>.{png,pdf}``: each exit's own score per exit layer, error bars =
   std over seeds.
+* ``risk_control/<task>__<model>__b<budget>.{png,pdf}``: the evaluation speedup of the risk-controlled
+  threshold against the tolerance ε, one panel per risk, one line per method.
 * ``gradient_conflict/<task>__<model>__b<budget>.{png,pdf}`` (runs with the probe only): block × exit heat map
   of the mean cosine (seeds and steps pooled) and the cosine of block k's own-exit gradient with the sum of the
   later exits' gradients over training steps.
@@ -401,6 +403,69 @@ def gradient_conflict_figure(block: pd.DataFrame) -> Figure | None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# risk control
+
+RISK_NAMES = {"disagreement": "disagreement with the last exit", "accuracy-drop": "accuracy drop vs. the last exit"}
+
+
+def risk_control_figure(block: pd.DataFrame, strategy: str = "confidence") -> Figure | None:
+    """One task × model × budget: the evaluation speedup of the risk-controlled threshold against the tolerance
+    ε, one panel per risk, one line per method (mean over seeds; error bars = std; hollow = some seed certified
+    nothing at that ε and runs the full model)."""
+    block = block[block["strategy"] == strategy]
+    if block.empty:
+        return None
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    risks = [r for r in RISK_NAMES if (block["risk"] == r).any()] + sorted(set(block["risk"]) - set(RISK_NAMES))
+    fig = _new_figure(3.4 * len(risks) + 0.6, 3.5)
+    axes = fig.subplots(1, len(risks), sharey=True, squeeze=False)[0]
+    certified = block["certified"].astype(str).str.lower() == "true"
+    frame = block.assign(certified=certified)
+    for ax, risk in zip(axes, risks):
+        part = frame[frame["risk"] == risk]
+        for method in _methods(part):
+            s = (part[part["method"] == method].groupby("epsilon", sort=True)
+                 .agg(mean=("eval_speedup", "mean"), std=("eval_speedup", "std"), all_certified=("certified", "all"))
+                 .reset_index())
+            c = colour(method)
+            ax.errorbar(s["epsilon"] * 100, s["mean"], yerr=s["std"].fillna(0).to_numpy(), color=c, lw=1.6,
+                        capsize=3, label=display_name(method), zorder=3)
+            for filled in (True, False):
+                pts = s[s["all_certified"] == filled]
+                ax.plot(pts["epsilon"] * 100, pts["mean"], ls="none", marker=marker(method), ms=5.5, mec=c,
+                        mfc=c if filled else "white", zorder=4)
+        ax.set_xscale("log")
+        ticks = sorted(part["epsilon"].unique() * 100)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel(f"Tolerance ε (points of {risk})")
+        ax.set_title(RISK_NAMES.get(risk, risk))
+        ax.axhline(1.0, color=ORACLE_COLOUR, lw=0.8, ls=":")
+        ax.grid(True, lw=0.5, alpha=0.5)
+    axes[0].set_ylabel("Certified speedup on the evaluation split (×)")
+    axes[0].legend(loc="upper left", frameon=True, framealpha=0.9)
+    delta = float(block["delta"].iloc[0])
+    fig.suptitle(f"{_title(task, model, budget)}\n{STRATEGY_NAMES.get(strategy, strategy)} exit rule, risk ≤ ε "
+                 f"with probability ≥ {1 - delta:g}; {_seeds_phrase(block, 'error bars')}", fontsize=10)
+    return fig
+
+
+def risk_control_caption(block: pd.DataFrame, strategy: str = "confidence") -> str:
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    block = block[block["strategy"] == strategy]
+    delta = float(block["delta"].iloc[0])
+    return (f"Risk-controlled early exit, {_title(task, model, budget)}, {STRATEGY_NAMES.get(strategy, strategy)} "
+            f"exit rule ({_seed_counts(block)}). For each tolerance ε the threshold is the fastest one certified on "
+            f"the calibration split (fixed-sequence testing from the slowest threshold; exact binomial test for "
+            f"disagreement, betting bound for the accuracy drop), so that the risk is at most ε with probability at "
+            f"least {1 - delta:g} over the calibration draw; y: the speedup that threshold gives on the evaluation "
+            f"split, mean over seeds, {_spread(block, 'error bar')}. Hollow markers: at least one seed certified "
+            "no threshold and answers every example at the last exit (1×; MM: its full cost, below 1×). Dotted: "
+            "the full model.")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # captions: written from the data each figure is drawn from
 
 
@@ -497,7 +562,7 @@ def gradient_conflict_caption(block: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # entry point
 
-SECTIONS = ("speed_accuracy", "individual_exits", "gradient_conflict")
+SECTIONS = ("speed_accuracy", "individual_exits", "gradient_conflict", "risk_control")
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -516,7 +581,7 @@ def make_figures(
 ) -> list[Path]:
     """Draw every figure the tables support into ``out_dir`` (replaced as a whole), with ``index.json`` (each
     figure's section, files and caption) and the tables' ``status.txt``; returns the figure files written. The
-    three sub-folders always exist."""
+    sub-folders (SECTIONS) always exist."""
     tables, out = Path(tables_dir), Path(out_dir)
     entries: list[dict] = []
     with atomic_dir(out) as tmp, mpl.rc_context(RC), sns.axes_style("ticks"):
@@ -547,6 +612,12 @@ def make_figures(
             for key, block in _blocks(conflicts):
                 save(gradient_conflict_figure(block), "gradient_conflict", _stem(*key),
                      gradient_conflict_caption(block))
+        risk = _read(tables / "risk_control.csv")
+        if risk is not None:
+            for key, block in _blocks(risk):
+                if (block["strategy"] == strategy).any():
+                    save(risk_control_figure(block, strategy), "risk_control", _stem(*key),
+                         risk_control_caption(block, strategy))
         write_json(tmp / "index.json", {"strategy": strategy, "figures": entries})
         if (tables / "status.txt").is_file():
             write_text(tmp / "status.txt", (tables / "status.txt").read_text())

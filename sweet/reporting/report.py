@@ -171,6 +171,9 @@ def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strat
             "tables": [_html(_auc_table(auc, strategy), caption="Normalised AUC: mean score over the speedup range "
                              "shared by every method and seed; mean ± std over seeds")] if not auc.empty else [],
             "figures": by_section["speed_accuracy"]})
+    held_out = _held_out_section(tables, strategy, by_section.get("risk_control", []))
+    if held_out is not None:
+        sections.append(held_out)
     if "gradient_conflict" in by_section:
         sections.append({"title": "Gradient conflict", "intro": [
             "The paper's explanation of EE's weaker exits: during EE fine-tuning the later exits' gradients point "
@@ -187,6 +190,77 @@ def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strat
         "All method differences are paired by seed, with Student-t intervals: with 2–5 seeds a bootstrap interval "
         "covers far less than it claims."], "tables": [], "figures": []})
     return sections
+
+
+def _read_if_present(path: Path) -> pd.DataFrame:
+    return read_table(path) if path.is_file() else pd.DataFrame()
+
+
+def _points(value: float, scale: float, sign: bool = False) -> str:
+    return "–" if pd.isna(value) else (f"{value * scale:+.1f}" if sign else f"{value * scale:.1f}")
+
+
+def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict | None:
+    """Held-out operating points against the envelope, the claims both ways, and risk-controlled thresholds."""
+    gap = _read_if_present(tables / "envelope_gap.csv")
+    both = _read_if_present(tables / "claims_operating_points.csv")
+    risk = _read_if_present(tables / "risk_control_summary.csv")
+    if gap.empty and risk.empty:
+        return None
+    out = []
+    gap = gap[gap["strategy"] == strategy] if not gap.empty else gap
+    if not gap.empty:
+        scale = 100.0 if pd.concat([gap["envelope_mean"], gap["held_out_mean"]]).abs().max() <= 1.0 else 1.0
+        level = f"{gap['level'].iloc[0] * 100:g}%"
+        table = pd.DataFrame({
+            **{k: gap[k] for k in GROUP_KEYS}, "method": gap["method"].map(display_name),
+            "target": [f"{t:g}×" for t in gap["target_speedup"]],
+            "envelope": [_points(v, scale) for v in gap["envelope_mean"]],
+            "held-out": [_points(v, scale) for v in gap["held_out_mean"]],
+            f"envelope − held-out [{level} interval]": [
+                format_estimate({"estimate": m * scale, "ci_low": lo * scale, "ci_high": hi * scale})
+                for m, lo, hi in zip(gap["gap_mean"], gap["ci_low"], gap["ci_high"])],
+            "held-out speedup (min)": [("–" if pd.isna(m) else f"{m:.2f}× ({lo:.2f}×)")
+                                       for m, lo in zip(gap["eval_speedup_mean"], gap["eval_speedup_min"])],
+            "seeds": [f"{n} of {r}" if n != r else f"{n}" for n, r in zip(gap["n_seeds"], gap["n_reached"])]})
+        out.append(_html(table, caption=f"{strategy} exit rule. Envelope: the evaluation curve's score at the "
+                         "target (what speedup_summary.csv and the paper report); held-out: the threshold with the "
+                         "best calibration-split score among those at least that fast there, scored on the "
+                         f"evaluation split; the gap is paired within each seed, mean with a {level} Student-t "
+                         "interval over seeds, in points; mean and lowest evaluation speedup of the held-out "
+                         "thresholds"))
+    if not both.empty:
+        pooled = both[both["scope"] == "pooled"]
+        table = pd.DataFrame({
+            "claim": pooled["claim"], "operating points": pooled["operating_points"], "measure": pooled["measure"],
+            "estimate [interval], points": [format_estimate(r) for _, r in pooled.iterrows()],
+            "over": [format_over(r) for _, r in pooled.iterrows()], "verdict": pooled["verdict"]})
+        out.append(_html(table, caption="The speed–accuracy claims read on the envelope (the evaluation curves) "
+                         "and on the held-out operating points; claims.csv uses the one config claims."
+                         "operating_points names"))
+    risk = risk[risk["strategy"] == strategy] if not risk.empty else risk
+    if not risk.empty:
+        delta = float(risk["delta"].iloc[0])
+        table = pd.DataFrame({
+            **{k: risk[k] for k in GROUP_KEYS}, "method": risk["method"].map(display_name), "risk": risk["risk"],
+            "ε": [f"{e:g}" for e in risk["epsilon"]],
+            "certified": [f"{c} of {n}" for c, n in zip(risk["n_certified"], risk["n_seeds"])],
+            "speedup": [f"{m:.2f}×" for m in risk["eval_speedup_mean"]],
+            "evaluation risk (max)": [f"{m:.4f} ({x:.4f})" for m, x in zip(risk["eval_risk_mean"],
+                                                                          risk["eval_risk_max"])],
+            "seeds with evaluation risk > ε": risk["n_eval_above_epsilon"]})
+        out.append(_html(table, caption=f"Risk control, {strategy} exit rule: per tolerance ε, the seeds whose "
+                         "calibration split certified a threshold (risk ≤ ε with probability ≥ "
+                         f"{1 - delta:g} over the calibration draw), the mean evaluation speedup of the chosen "
+                         "thresholds (uncertified seeds run the full model), and the evaluation split's risk"))
+    return {"title": "Held-out operating points and risk control", "intro": [
+        "The envelope reads each threshold's score off the evaluation examples themselves and keeps the best: no "
+        "deployed model can choose its threshold that way. Held-out operating points choose it on the "
+        "calibration split and score it on the evaluation split; the gap is how optimistic the envelope is.",
+        "Risk control chooses the fastest threshold whose disagreement with the last exit (or accuracy drop "
+        "against it) is certified not to exceed ε, by a finite-sample test on the calibration split "
+        "(Learn-then-Test; exact binomial test or betting bound, thresholds tested in a fixed sequence from the "
+        "slowest)."], "tables": out, "figures": figures}
 
 
 def _claim_text(first: str, second: str, claims: pd.DataFrame) -> str:

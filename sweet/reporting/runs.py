@@ -34,8 +34,9 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("calibrate", "temperatures.json"),
     ("evaluate", "logits.npz"),
     ("curves", "curves.csv"),
+    ("operating_points", "operating_points.csv"),
 )
-CALIBRATED_STEPS = ("calibration_split", "calibrate", "evaluate", "curves")  # their files: the calibrated folder
+CALIBRATED_STEPS = ("calibration_split", "calibrate", "evaluate", "curves", "operating_points")  # their files: the calibrated folder
 NOT_FOR = {"mm": {"train"}, "ee": {"train_member", "combine"}, "sweet": {"train_member", "combine"}}
 LOG_TAIL_BYTES = 64 * 1024  # an error is at the end of a log; training logs can be long
 

@@ -323,3 +323,62 @@ def gradient_conflict_summary(conflict_df: pd.DataFrame, by_step: bool = False) 
         .reset_index()
     )
     return sort_frame(summary[columns], [*GROUP_KEYS, "method", "block", "other", "step"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# held-out operating points and risk control (sweet.operating_points, sweet.risk: one CSV of each per run)
+
+ENVELOPE_GAP_COLUMNS = [*GROUP_KEYS, "method", "strategy", "target_speedup", "metric", "envelope_mean",
+                        "held_out_mean", "gap_mean", "ci_low", "ci_high", "level", "n_seeds", "n_reached",
+                        "eval_speedup_mean", "eval_speedup_min"]
+
+
+def envelope_gap(operating_points: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per setting × method × exit rule × target: how much the envelope (the evaluation curve's score at the
+    target, what the field reports) exceeds the held-out score (the threshold chosen on the calibration split,
+    scored on the evaluation split). The gap is paired within each seed (same run, same evaluation examples),
+    mean and Student-t interval over the seeds where both are defined; in the scores' units, like
+    pairwise_summary.csv. ``n_reached``: seeds whose calibration curve reached the target at all."""
+    if operating_points.empty:
+        return empty_frame(ENVELOPE_GAP_COLUMNS)
+    keys = [*GROUP_KEYS, "method", "strategy", "target_speedup"]
+    rows = []
+    for key, group in operating_points.groupby(keys, sort=False):
+        both = group.dropna(subset=["envelope_score", "eval_score"])
+        mean, low, high, n = t_interval((both["envelope_score"] - both["eval_score"]).to_numpy(), level)
+        speed = both["eval_speedup"]
+        rows.append({**dict(zip(keys, key)), "metric": group["metric"].iloc[0] if "metric" in group else "",
+                     "envelope_mean": float(both["envelope_score"].mean()) if n else np.nan,
+                     "held_out_mean": float(both["eval_score"].mean()) if n else np.nan,
+                     "gap_mean": mean, "ci_low": low, "ci_high": high, "level": level, "n_seeds": n,
+                     "n_reached": int(group["eval_score"].notna().sum()),
+                     "eval_speedup_mean": float(speed.mean()) if n else np.nan,
+                     "eval_speedup_min": float(speed.min()) if n else np.nan})
+    return sort_frame(pd.DataFrame(rows, columns=ENVELOPE_GAP_COLUMNS), keys)
+
+
+RISK_SUMMARY_COLUMNS = [*GROUP_KEYS, "method", "strategy", "risk", "epsilon", "delta", "n_seeds", "n_certified",
+                        "eval_speedup_mean", "eval_speedup_std", "eval_risk_mean", "eval_risk_max",
+                        "n_eval_above_epsilon", "eval_score_mean"]
+
+
+def risk_control_summary(risk_control: pd.DataFrame) -> pd.DataFrame:
+    """Per setting × method × exit rule × risk × ε: over seeds, how many certified a threshold, the speedup the
+    certified thresholds deliver on the evaluation split (an uncertified seed runs the full model: 1×, or MM's
+    full cost), and the evaluation risk (``n_eval_above_epsilon``: seeds whose evaluation risk exceeds ε, which
+    the guarantee allows at rate δ for the expected risk, and the evaluation split's sampling adds to)."""
+    if risk_control.empty:
+        return empty_frame(RISK_SUMMARY_COLUMNS)
+    keys = [*GROUP_KEYS, "method", "strategy", "risk", "epsilon"]
+    frame = risk_control.assign(certified=risk_control["certified"].astype(str).str.lower() == "true")
+    summary = (
+        frame.groupby(keys, sort=False)
+        .agg(delta=("delta", "first"), n_seeds=("seed", "nunique"), n_certified=("certified", "sum"),
+             eval_speedup_mean=("eval_speedup", "mean"), eval_speedup_std=("eval_speedup", "std"),
+             eval_risk_mean=("eval_risk", "mean"), eval_risk_max=("eval_risk", "max"),
+             n_eval_above_epsilon=("eval_risk", lambda r: int((r > frame.loc[r.index, "epsilon"]).sum())),
+             eval_score_mean=("eval_score", "mean"))
+        .reset_index()
+    )
+    summary["n_certified"] = summary["n_certified"].astype(int)
+    return sort_frame(summary[RISK_SUMMARY_COLUMNS], keys)

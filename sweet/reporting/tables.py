@@ -16,18 +16,20 @@ import pandas as pd
 
 from sweet.config import slug
 from sweet.io import atomic_dir, write_csv, write_json, write_text
-from sweet.reporting.claims import ClaimSettings, check_claims, claims_markdown
+from sweet.reporting.claims import ClaimSettings, check_claims, claims_both_ways, claims_markdown
 from sweet.reporting.collect import GROUP_KEYS, Collected, collect, display_name, methods_in_order
 from sweet.reporting.runs import RunStatus
 from sweet.reporting.statistics import (
     DEFAULT_SPEEDUPS,
     auc_summary,
+    envelope_gap,
     exit_average_per_seed,
     gradient_conflict_summary,
     individual_exits_summary,
     oracle_summary,
     pairwise_differences,
     points_scale,
+    risk_control_summary,
     speedup_summary,
 )
 
@@ -184,7 +186,8 @@ def individual_exits_latex(exits_df: pd.DataFrame) -> str:
 
 
 def _claims(inputs: TableInputs) -> pd.DataFrame:
-    return check_claims(inputs.collected.curves, inputs.collected.exits, inputs.claims)
+    return check_claims(inputs.collected.curves, inputs.collected.exits, inputs.claims,
+                        inputs.collected.operating_points)
 
 
 TABLES: dict[str, Builder] = {
@@ -203,6 +206,12 @@ TABLES: dict[str, Builder] = {
     "gradient_conflict_by_step.csv": lambda i: gradient_conflict_summary(i.collected.conflict, by_step=True),
     "claims.csv": _claims,
     "claims.md": lambda i: claims_markdown(_claims(i), i.claims, i.notice),
+    "claims_operating_points.csv": lambda i: claims_both_ways(i.collected.curves, i.collected.exits,
+                                                              i.collected.operating_points, i.claims),
+    "operating_points.csv": lambda i: i.collected.operating_points,
+    "envelope_gap.csv": lambda i: envelope_gap(i.collected.operating_points, i.claims.level),
+    "risk_control.csv": lambda i: i.collected.risk_control,
+    "risk_control_summary.csv": lambda i: risk_control_summary(i.collected.risk_control),
     "runs.csv": lambda i: i.collected.runs,
     "missing_runs.txt": lambda i: missing_runs_text(i.collected.runs),
     "status.txt": lambda i: "".join(line + "\n" for line in (status_line(i.collected.runs, i.grid.get("name")),

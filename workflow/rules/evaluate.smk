@@ -55,3 +55,31 @@ rule curves:
         "python -m sweet curves --logits {input.logits} --task-dir {input.task_dir} --meta {params.meta}"
         " --thresholds {params.thresholds} --dense {params.dense}"
         " --out {output.curves} --exits-out {output.exits} > {log} 2>&1"
+
+
+rule operating_points:
+    """Held-out operating points (a threshold per target speedup chosen on the calibration split, scored on the
+    evaluation split) and risk-controlled thresholds, from the two splits' stored logits (cheap: no model)."""
+    input:
+        calibration=f"{CAL}/calibration_logits.npz",
+        logits=f"{CAL}/logits.npz",
+        task_dir=task_dir,
+    output:
+        points=f"{CAL}/operating_points.csv",
+        risk=f"{CAL}/risk_control.csv",
+    params:
+        meta=meta_args,
+        thresholds=config.get("thresholds", 11),
+        dense=config.get("dense_thresholds", 101),
+        targets=",".join(str(t) for t in (config.get("operating_points") or {}).get("targets", [1.5, 2, 3])),
+        risk=json.dumps(config.get("risk_control") or {}, sort_keys=True),
+    log:
+        f"results/logs/operating_points/{LOG_CAL}.log",
+    conda:
+        "../../envs/sweet.yaml"
+    threads: 1
+    shell:
+        "python -m sweet operating-points --calibration-logits {input.calibration} --logits {input.logits}"
+        " --task-dir {input.task_dir} --meta {params.meta} --thresholds {params.thresholds} --dense {params.dense}"
+        " --targets {params.targets} --risk-control {params.risk:q} --out {output.points}"
+        " --risk-out {output.risk} > {log} 2>&1"

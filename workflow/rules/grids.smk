@@ -46,7 +46,20 @@ def table_inputs(wildcards):
     if draws_finished_runs(wildcards.grid):
         return []
     return [*run_files("curves.csv"), *run_files("individual_exits.csv"),
-            *run_files("gradient_conflict.csv", methods=("ee", "sweet"), calibrated=False)]
+            *run_files("gradient_conflict.csv", methods=("ee", "sweet"), calibrated=False),
+            *operating_point_files()]
+
+
+def operating_point_files():
+    """Every run's held-out operating points and risk control, except runs evaluated before calibration logits
+    were kept (moved by `sweet migrate-runs`): they have none, and making them would need the trained model again."""
+    files = []
+    for run in run_dirs():
+        folder = Path(run.calibrated_dir)
+        if (folder / "curves.csv").is_file() and not (folder / "calibration_logits.npz").is_file():
+            continue
+        files += [f"{folder}/operating_points.csv", f"{folder}/risk_control.csv"]
+    return files
 
 
 def finished_runs(wildcards):

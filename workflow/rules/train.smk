@@ -158,7 +158,10 @@ rule calibrate:
         task_dir=task_dir,
         calibration=f"{CAL}/calibration.json",
     output:
-        f"{CAL}/temperatures.json",
+        temperatures=f"{CAL}/temperatures.json",
+        # the calibration split's per-exit logits (logits.npz's format): held-out operating points and
+        # risk-controlled thresholds are chosen on these, never on the evaluation set
+        logits=f"{CAL}/calibration_logits.npz",
     params:
         model=model_dir,
         batch=EVAL_BATCH,
@@ -178,4 +181,5 @@ rule calibrate:
     threads: THREADS
     shell:
         "{params.offline} python -m sweet calibrate --model {params.model} --task-dir {input.task_dir}"
-        " --splits {input.calibration} --batch-size {params.batch} --out {output} > {log} 2>&1"
+        " --splits {input.calibration} --batch-size {params.batch} --out {output.temperatures}"
+        " --logits-out {output.logits} > {log} 2>&1"
