@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_MINUTES, MAX_MEM_MB = 60, 6000  # the partition caps .ci/run gives .ci/slurm-up.sh
 TINY_BERT = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
              "intermediate_size": 128, "max_position_embeddings": 128, "tokenizer": "synthetic", "seed": 0}
-RUN = "results/runs/synthetic-smoke/tiny-hub/b200"
+RUN = "results/runs/synthetic-smoke/tiny-hub/b200"  # then <method>-<run id>/s1 (sweet.layout)
 OVERLAY = """\
 grid: drill
 grids:
@@ -147,7 +148,7 @@ def clean(site) -> Path:
 
 
 def test_jobs_read_the_hub_backbone_from_the_cache_offline(clean: Path) -> None:
-    metrics = json.loads((clean / RUN / "ee/s1/train_metrics.json").read_text())
+    metrics = json.loads(next((clean / RUN).glob("ee-*/s1/train_metrics.json")).read_text())
     fetched = json.loads((clean / "results/backbones/tiny-hub.fetched.json").read_text())
     assert metrics["backbone"] == "sweet-ci/tiny-bert"
     assert metrics["backbone_revision"] == fetched["revision"] is not None
@@ -193,7 +194,7 @@ def test_drill_failed_evaluation_keeps_the_finished_training(site, clean: Path) 
     # Every `python` a job runs goes through this shim (sbatch exports PATH): the EE run's evaluation fails once.
     (shim / "python").write_text(
         "#!/bin/sh\n"
-        f'case "$*" in *"sweet evaluate"*"/ee/s1/"*) if [ ! -e "{mark}" ]; then touch "{mark}"; '
+        f'case "$*" in *"sweet evaluate"*"/ee-"*"/s1/"*) if [ ! -e "{mark}" ]; then touch "{mark}"; '
         'echo "drill: this evaluation fails on purpose" >&2; exit 1; fi;; esac\n'
         f'exec "{sys.executable}" "$@"\n'
     )
@@ -204,9 +205,10 @@ def test_drill_failed_evaluation_keeps_the_finished_training(site, clean: Path) 
     assert mark.is_file(), "the evaluation never failed: the drill did not run"
     assert "Error in rule evaluate" in result.stderr or "Error in group evaluate" in result.stderr
     # The training finished before the evaluation failed, and nothing rewrote it afterwards.
-    for name in ("results/benchmarks/train/synthetic-smoke/tiny-hub/b200/ee/s1.tsv",
-                 "results/logs/train/synthetic-smoke/tiny-hub/b200/ee/s1.log", f"{RUN}/ee/s1/train_metrics.json"):
-        assert (workdir / name).stat().st_mtime < mark.stat().st_mtime, name
+    for pattern in ("results/benchmarks/train/synthetic-smoke/tiny-hub/b200/ee-*/s1.tsv",
+                    "results/logs/train/synthetic-smoke/tiny-hub/b200/ee-*/s1.log", f"{RUN}/ee-*/s1/train_metrics.json"):
+        (path,) = workdir.glob(pattern)
+        assert path.stat().st_mtime < mark.stat().st_mtime, pattern
     assert result.stderr.count("rule train:") == 2  # EE and SWEET, once each
     assert_same_outputs(workdir, clean)
 
@@ -216,18 +218,20 @@ def test_drill_cancelled_training_resumes_from_its_checkpoint(site, clean: Path)
     (workdir / "drill.yaml").write_text(site["overlay"])
     command = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--configfile", "drill.yaml",
                "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "3"]
-    log = workdir / "results/logs/train/synthetic-smoke/tiny-hub/b200/ee/s1.log"
+    logs = workdir / "results/logs/train/synthetic-smoke/tiny-hub/b200"
     with open(workdir / "snakemake.out", "w") as out:
         proc = subprocess.Popen(command, cwd=workdir, env=site["env"], stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 600
-            while not (log.is_file() and "loss_exit_1" in log.read_text(errors="replace")):
+            log = None
+            while not (log is not None and "loss_exit_1" in log.read_text(errors="replace")):
+                log = next(logs.glob("ee-*/s1.log"), None)
                 assert proc.poll() is None, (workdir / "snakemake.out").read_text()[-3000:]
                 assert time.monotonic() < deadline, "the EE training never started logging"
                 time.sleep(0.1)
             jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True).stdout
             job = next(line.split()[0] for line in jobs.splitlines() if "rule_train_wildcards_" in line
-                       and line.endswith("_ee_1"))
+                       and re.search(r"_ee_[0-9a-f]{8}_1$", line))
             subprocess.run(["scancel", job], check=True)
             proc.wait(timeout=1200)
         finally:

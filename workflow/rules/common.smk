@@ -19,7 +19,7 @@ from sweet.layout import CALIBRATED_PATTERN, RUN_PATTERN, RUN_RELATIVE, grid_run
 RUN = RUN_PATTERN  # results/runs/{task}/{model}/b{budget}/{method}-{run_id}/s{seed}
 CAL = CALIBRATED_PATTERN  # RUN/{calibration}
 LOG_RUN = RUN_RELATIVE  # the same below results/logs/<step>/
-LOG_CAL = RUN_RELATIVE + "/{calibration}"
+LOG_CAL = f"{RUN_RELATIVE}/{{calibration}}"
 GRID = config["grids"][config["grid"]]
 SLUG_TO_MODEL = {m.slug: m for m in MODELS.values()}
 KEEP = bool(config.get("keep_checkpoints", False))
