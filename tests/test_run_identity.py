@@ -368,3 +368,28 @@ def test_runs_of_the_layout_before_run_ids_are_moved_not_retrained(shared: Path)
     assert {k: v for k, v in after.items() if k not in held_out} == \
         {k: v for k, v in expected.items() if k not in held_out}
     assert len(pd.read_csv(repo / "results" / "id-a" / "tables" / "operating_points.csv")) == 0
+
+
+# ------------------------------------------------------------------------------------------------ revisions
+def test_a_grid_trained_on_two_revisions_of_a_backbone_says_so() -> None:
+    from sweet.reporting.tables import revision_warning, status_line
+
+    runs = pd.DataFrame({"model": ["m", "m", "m", "other"], "status": ["finished"] * 4,
+                         "backbone_revision": ["a" * 40, "a" * 40, "b" * 40, "c" * 40]})
+    assert status_line(runs, "g") == "complete: all 4 runs of grid 'g' finished."
+    warning = revision_warning(runs)
+    assert warning.startswith("REVISIONS DIFFER: runs of m (aaaaaaaaaaaa: 2 runs, bbbbbbbbbbbb: 1 run)")
+    assert "other" not in warning and "models.<name>.revision" in warning
+    assert revision_warning(runs[runs["model"] == "other"]) == ""
+
+
+def test_config_does_not_import_the_cluster_module() -> None:
+    """sweet.cluster builds on sweet.config, never the other way round (no import cycle)."""
+    import ast
+
+    tree = ast.parse((ROOT / "sweet" / "config.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "sweet.cluster" not in imported
+    code = "import sweet.config, sys; print('sweet.cluster' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
