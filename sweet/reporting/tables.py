@@ -76,7 +76,8 @@ def revision_warning(runs: pd.DataFrame) -> str:
     for model, frame in finished.groupby("model", sort=True):
         counts = frame["backbone_revision"].value_counts()
         if len(counts) > 1:
-            mixed.append(f"{model} ({', '.join(f'{rev[:12]}: {n} run{"s" if n > 1 else ""}' for rev, n in sorted(counts.items()))})")
+            shares = ", ".join(f"{rev[:12]}: {n} run{'s' if n > 1 else ''}" for rev, n in sorted(counts.items()))
+            mixed.append(f"{model} ({shares})")
     if not mixed:
         return ""
     return ("REVISIONS DIFFER: runs of " + "; ".join(mixed) + " were trained on different revisions of their "
