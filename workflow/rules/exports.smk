@@ -1,0 +1,71 @@
+# Which classifiers a grid exports (`grids.<grid>.exports`) and what each export reads; the rules are in
+# rules/export.smk (why an export keeps its run's model until exported, and what is refused, is said there).
+
+from sweet.export import existing_request, export_request_json
+
+
+def grid_exports(grid):
+    return config["grids"][grid].get("exports") or {}
+
+
+def export_dirs(grid):
+    return [f"results/{grid}/classifiers/{name}" for name in grid_exports(grid)]
+
+
+class RunWildcards(dict):
+    """The wildcards of an export's run (task, model slug, budget, method, seed), for the per-run helpers."""
+
+    __getattr__ = dict.__getitem__
+
+
+def export_entry(wildcards):
+    return grid_exports(wildcards.grid)[wildcards.name]
+
+
+def export_run_wildcards(wildcards):
+    entry = export_entry(wildcards)
+    return RunWildcards(task=entry["task"], model=MODELS[entry["model"]].slug, budget=str(entry["budget"]),
+                        method=entry["method"], seed=str(entry["seed"]))
+
+
+def export_run_dir(wildcards):
+    return run_of(export_run_wildcards(wildcards))
+
+
+POLICY_TABLES = {"held-out": ("operating_points", "operating_points.csv"),
+                 "risk-control": ("risk_control", "risk_control.csv")}
+
+
+def export_inputs(wildcards):
+    """The run's model, logits, temperatures and task, and the policy's table; refuses an export that would
+    retrain a finished run whose model is gone."""
+    entry = export_entry(wildcards)
+    run_wildcards = export_run_wildcards(wildcards)
+    run = run_of(run_wildcards)
+    model = model_inputs(run_wildcards)
+    folder = f"results/{wildcards.grid}/classifiers/{wildcards.name}"
+    if (not Path(model[0]).exists() and Path(f"{run}/logits.npz").is_file()
+            and existing_request(folder) != export_request_json(entry)):
+        print(f"error: grids.{wildcards.grid}.exports.{wildcards.name}: run {run} finished and its trained model was "
+              "deleted (keep_checkpoints: false), so exporting it would retrain it; list exports before their runs "
+              "train (the workflow then keeps each model until it is exported), or delete the run folder to retrain "
+              "it on purpose", file=sys.stderr)
+        sys.exit(1)
+    inputs = {"model": model, "logits": f"{run}/logits.npz", "temperatures": f"{run}/temperatures.json",
+              "task_dir": task_dir(run_wildcards)}
+    if entry["policy"] in POLICY_TABLES:
+        key, name = POLICY_TABLES[entry["policy"]]
+        inputs[key] = f"{run}/{name}"
+    return inputs
+
+
+def export_policy_args(wildcards, input):
+    """`--policy …` and its fields (validated names and numbers), and the path of the policy's table."""
+    entry = export_entry(wildcards)
+    args = [f"--policy {entry['policy']}"]
+    args += [f"--{key.replace('_', '-')} {entry[key]}" for key in
+             ("strategy", "target_speedup", "risk", "epsilon", "delta", "rule", "threshold") if key in entry]
+    if entry["policy"] in POLICY_TABLES:
+        key, _ = POLICY_TABLES[entry["policy"]]
+        args.append(f"--{key.replace('_', '-')} {input[key]}")
+    return " ".join(args)
