@@ -42,7 +42,7 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
     if group == "classifier":
         from classifier import bench_classifier
 
-        return bench_classifier(n_bs1=40 if quick else 200, n_bs32=128 if quick else 512, reps=3 if quick else 5)
+        return bench_classifier(n_bs1=40 if quick else 160, n_bs32=128 if quick else 384, reps=3 if quick else 5)
     if group == "train":
         from train_step import bench_train_step
 
