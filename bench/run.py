@@ -21,6 +21,7 @@ from _common import Row, machine  # noqa: E402
 GROUPS = {
     "curve": ("curve_eval_efficiency", "curve_eval_speedup", "curve_eval_speedup_101"),
     "early_exit": ("early_exit_efficiency_bs1", "early_exit_efficiency_bs32"),
+    "classifier": ("classifier_efficiency_bs1", "classifier_efficiency_bs32"),
     "train": ("train_step_overhead", "train_mm_cost_vs_ee", "gradient_conflict_overhead"),
     "dryrun": ("paper_dryrun_seconds",),
     "demo": ("demo_grid_seconds", "demo_grid_peak_rss"),
@@ -38,6 +39,10 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
         from early_exit import bench_early_exit
 
         return bench_early_exit(n_bs1=40 if quick else 300, n_bs32=128 if quick else 640, reps=3 if quick else 5)
+    if group == "classifier":
+        from classifier import bench_classifier
+
+        return bench_classifier(n_bs1=40 if quick else 160, n_bs32=128 if quick else 384, reps=3 if quick else 5)
     if group == "train":
         from train_step import bench_train_step
 

@@ -10,15 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sweet.classifier import EarlyExitClassifier, load_classifier
     from sweet.model import EarlyExitConfig, EarlyExitModel, ExitOutput
     from sweet.multimodel import MultiModel
 
-__all__ = ["EarlyExitConfig", "EarlyExitModel", "ExitOutput", "MultiModel"]
+__all__ = ["EarlyExitClassifier", "EarlyExitConfig", "EarlyExitModel", "ExitOutput", "MultiModel", "load_classifier"]
 __version__ = "0.1.0"
 
 # The public classes pull in torch and transformers (seconds to import). They load on first access so that the
 # light modules (sweet.config, sweet.reporting) stay fast for Snakemake's parse step and the table/figure rules.
 _LAZY = {
+    "EarlyExitClassifier": "sweet.classifier",
+    "load_classifier": "sweet.classifier",
     "EarlyExitConfig": "sweet.model",
     "EarlyExitModel": "sweet.model",
     "ExitOutput": "sweet.model",

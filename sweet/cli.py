@@ -314,6 +314,80 @@ def cmd_infer(args: argparse.Namespace) -> None:
                       "speedup": 1 / fraction}))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """A run → a deployable classifier folder (model, temperatures, exit_policy.json, model card)."""
+    import shlex
+
+    from sweet.export import ExportPaths, PolicyRequest, export_run
+
+    policy = args.policy or ("manual" if args.threshold is not None else None)
+    if policy is None:
+        raise UserError("--policy: give held-out (with --target-speedup), risk-control (with --risk, --epsilon) or "
+                        "manual (with --rule and --threshold)")
+    if args.rule is not None and policy != "manual":
+        raise UserError(f"--rule: only policy manual takes a rule; policy {policy} picks its row by --strategy")
+    request = PolicyRequest(
+        policy=policy, strategy=args.rule or args.strategy, target_speedup=args.target_speedup, risk=args.risk,
+        epsilon=args.epsilon, delta=args.delta, threshold=args.threshold,
+    ).check()
+    paths = ExportPaths(run=args.run, model=args.model, logits=args.logits, temperatures=args.temperatures,
+                        operating_points=args.operating_points, risk_control=args.risk_control, exits=args.exits)
+    task_dir = args.task_dir
+    meta = dict(args.meta or [])
+    if task_dir is None:
+        from sweet.export import run_identity
+
+        task_dir = Path("results") / "data" / str(run_identity(paths, meta)["task"])
+    command = "python -m sweet " + " ".join(shlex.quote(a) for a in args.argv)
+    policy_json = export_run(paths, request, task_dir, args.out, meta, args.name, args.grid, command)
+    ev = policy_json["evaluation"]
+    print(f"{args.out}: {policy_json['rule']} ≥ {policy_json['threshold']:.6g} ({policy_json['chosen_by']['how']}): "
+          f"{ev['metric']} {ev['score']:.4f} at {ev['speedup']:.3f}× on the evaluation split", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """An exported classifier on a CSV/TSV/JSONL file → one row per input with label, probabilities and exit."""
+    import pandas as pd
+
+    from sweet.classifier import load_classifier
+    from sweet.data import _read_local
+
+    classifier = load_classifier(args.folder)
+    records = [record for _, record in _read_local(Path(args.input), "--input")]
+    columns = list(dict.fromkeys(c for record in records for c in record))
+    text_column = args.text_column or next((c for c in ("text", "sentence") if c in columns), None)
+    if text_column is None or text_column not in columns:
+        raise UserError(f"--text-column: {args.input} has no column {text_column or 'text or sentence'!r}; "
+                        f"name one of {columns}")
+    if classifier.has_text_pair and args.text_pair_column is None:
+        raise UserError("--text-pair-column: this classifier was trained on text pairs; name the second text's column")
+    if args.text_pair_column is not None and args.text_pair_column not in columns:
+        raise UserError(f"--text-pair-column: {args.input} has no column {args.text_pair_column!r}; name one of {columns}")
+    texts: list = []
+    for i, record in enumerate(records, start=1):
+        for column in (text_column, args.text_pair_column):
+            if column is not None and not isinstance(record.get(column), str):
+                raise UserError(f"{args.input}: row {i}: no text in column '{column}'; fill it in or remove the row")
+        texts.append(record[text_column] if args.text_pair_column is None
+                     else (record[text_column], record[args.text_pair_column]))
+    predictions = classifier.predict(texts, batch_size=args.batch_size)
+    frame = pd.DataFrame(records, columns=columns)
+    frame["label"] = [p.label for p in predictions]
+    frame["label_id"] = [p.label_id for p in predictions]
+    frame["exit"] = [p.exit for p in predictions]
+    frame["exit_layer"] = [p.exit_layer for p in predictions]
+    for j, name in enumerate(classifier.label_names):
+        frame[f"prob_{name}"] = [p.probabilities[j] for p in predictions]
+    text = frame.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n")
+    if args.out:
+        from sweet.io import write_text
+
+        write_text(args.out, text)
+        print(f"{args.out}: {len(predictions)} predictions", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 class _OneLineParser(argparse.ArgumentParser):
     """Command-line mistakes end like every other user error: one line naming the argument, exit code 2."""
@@ -455,6 +529,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.set_defaults(func=cmd_infer)
 
+    p = sub.add_parser("export", help="a run → a deployable classifier folder: model, temperatures, exit policy, card")
+    p.add_argument("--run", required=True,
+                   help="the run's calibrated folder (results/runs/<task>/<model>/b<budget>/<method>-<id>/s<seed>/cal-…)")
+    p.add_argument("--out", required=True, help="folder to write (e.g. results/<grid>/classifiers/<name>)")
+    p.add_argument("--policy", choices=["held-out", "risk-control", "manual"],
+                   help="how the threshold is chosen (default: manual when --threshold is given)")
+    p.add_argument("--strategy", default="confidence", choices=["confidence", "entropy", "patience", "learned"],
+                   help="held-out / risk-control: the exit rule whose row is taken")
+    p.add_argument("--target-speedup", type=float, help="held-out: a target_speedup of operating_points.csv")
+    p.add_argument("--risk", choices=["disagreement", "accuracy-drop"], help="risk-control: the controlled risk")
+    p.add_argument("--epsilon", type=float, help="risk-control: the risk bound ε")
+    p.add_argument("--delta", type=float, help="risk-control: the failure probability δ (optional when unique)")
+    p.add_argument("--rule", choices=["confidence", "entropy", "patience", "learned"], help="manual: the exit rule")
+    p.add_argument("--threshold", type=float, help="manual: the threshold")
+    p.add_argument("--task-dir", help="the prepared task (default: results/data/<the run's task>)")
+    p.add_argument("--model", help="trained model folder (default: <run>/model)")
+    p.add_argument("--logits", help="the run's logits.npz (default: <run>/logits.npz)")
+    p.add_argument("--temperatures", help="the run's temperatures.json (default: <run>/temperatures.json)")
+    p.add_argument("--operating-points", help="operating_points.csv (default: <run>/operating_points.csv)")
+    p.add_argument("--risk-control", help="risk_control.csv (default: <run>/risk_control.csv)")
+    p.add_argument("--exits", help="individual_exits.csv, read for the run's identity (default: in <run>)")
+    p.add_argument("--meta", type=_meta_arg, nargs="*", help="the run's identity, e.g. task=sst2 budget=6000")
+    p.add_argument("--name", help="the classifier's name (default: the output folder's)")
+    p.add_argument("--grid", help="the grid the run belongs to (for the model card)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="an exported classifier on a CSV/TSV/JSONL file of texts")
+    p.add_argument("folder", help="a folder written by `export`")
+    p.add_argument("--input", required=True, help="texts to classify (.tsv, .csv or .jsonl)")
+    p.add_argument("--text-column", help="column of the text (default: text, else sentence)")
+    p.add_argument("--text-pair-column", help="column of the second text (sentence-pair tasks)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", help="predictions TSV to write (default: stdout)")
+    p.set_defaults(func=cmd_predict)
+
     from sweet.reporting.cli import add_cli
 
     add_cli(sub)
@@ -482,6 +591,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (export records it)
     _quiet_libraries()
     try:
         args.func(args)

@@ -198,6 +198,10 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
                 if not _is_int(v):
                     raise UserError(f"{key}.{field_name}: {v!r} must be an integer")
 
+    from sweet.export import check_exports  # light: no torch
+
+    check_exports(config)
+
     claims = config.get("claims") or {}
     fast, slow = claims.get("fast_speedup", 2.0), claims.get("slow_speedup", 1.5)
     if slow > fast:

@@ -39,6 +39,36 @@ def threshold_grid(rule_name: str, num_labels: int, num_exits: int, n: int, dens
     return grid, is_reference
 
 
+def outcome(
+    logits: dict[str, np.ndarray],
+    probs: np.ndarray,
+    exit_index: np.ndarray,
+    metric_names: list[str],
+    primary: str,
+    metrics: MetricFn,
+) -> dict:
+    """What answering example i at exit ``exit_index[i]`` scores and costs: the primary score, the other metrics,
+    layer fraction, speedup, FLOPs fraction and each exit's share (one curve point; an exported policy's numbers)."""
+    labels = logits["labels"]
+    num_exits = probs.shape[0]
+    preds = probs[exit_index, np.arange(len(labels))].argmax(axis=-1)
+    scores = metrics(metric_names, preds, labels)
+    exit_layers = logits["exit_layers"]
+    fraction = layer_fraction(exit_index, logits["layer_costs"], int(exit_layers[-1]))
+    counts = np.bincount(exit_index, minlength=num_exits) / len(labels)
+    return {
+        "score": scores[primary],
+        "metric": primary,
+        "speedup": 1.0 / fraction,
+        "layer_fraction": fraction,
+        "flops_fraction": flops_fraction(
+            exit_index, logits["lengths"], exit_layers, str(logits["method"]), EncoderShape.from_logits(logits)
+        ),
+        **{f"{name}": value for name, value in scores.items() if name != primary},
+        "exit_share": " ".join(f"{c:.4f}" for c in counts),
+    }
+
+
 def curve_rows(
     logits: dict[str, np.ndarray], metric_names: list[str], primary: str, metrics: MetricFn, n: int = 11, dense: int = 101
 ) -> pd.DataFrame:
@@ -46,30 +76,11 @@ def curve_rows(
     probs = calibrated_probs(logits["exit_logits"], logits["temperatures"])
     labels = logits["labels"]
     lte = logits.get("lte_scores")
-    method = str(logits["method"])
-    exit_layers = logits["exit_layers"]
-    costs = logits["layer_costs"]
-    full_depth = int(exit_layers[-1])
-    shape = EncoderShape.from_logits(logits)
     num_exits, _, num_labels = probs.shape
 
     def row(strategy: str, threshold: float, reference: bool, exit_index: np.ndarray) -> dict:
-        preds = probs[exit_index, np.arange(len(labels))].argmax(axis=-1)
-        scores = metrics(metric_names, preds, labels)
-        fraction = layer_fraction(exit_index, costs, full_depth)
-        counts = np.bincount(exit_index, minlength=num_exits) / len(labels)
-        return {
-            "strategy": strategy,
-            "threshold": float(threshold),
-            "reference_threshold": int(reference),
-            "score": scores[primary],
-            "metric": primary,
-            "speedup": 1.0 / fraction,
-            "layer_fraction": fraction,
-            "flops_fraction": flops_fraction(exit_index, logits["lengths"], exit_layers, method, shape),
-            **{f"{name}": value for name, value in scores.items() if name != primary},
-            "exit_share": " ".join(f"{c:.4f}" for c in counts),
-        }
+        point = outcome(logits, probs, exit_index, metric_names, primary, metrics)
+        return {"strategy": strategy, "threshold": float(threshold), "reference_threshold": int(reference), **point}
 
     rows = []
     for name, rule in EXIT_RULES.items():

@@ -13,6 +13,7 @@ curves use, so predictions and exit layers equal the offline simulation (``tests
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ class _Decider:
         self.lte = np.zeros((num_exits, batch), dtype=np.float32)
         self.exit_index = np.full(batch, -1, dtype=np.int64)
         self.prediction = np.full(batch, -1, dtype=np.int64)
+        self.probabilities: np.ndarray | None = None  # [batch, C]: the calibrated probabilities at the exit taken
 
     def decide(self, k: int, rows: np.ndarray, logits: torch.Tensor, lte: torch.Tensor | None) -> np.ndarray:
         """Record exit k's outputs for ``rows`` (original indices); return which of them leave here."""
@@ -48,12 +50,17 @@ class _Decider:
             self.lte[k, rows] = lte.float().cpu().numpy()
         if k == self.num_exits - 1:
             leave = np.ones(len(rows), dtype=bool)
+            here = calibrated_probs(self.logits[k : k + 1, rows], self.temperatures[k : k + 1])[0]
         else:
             probs = calibrated_probs(self.logits[: k + 1, rows], self.temperatures[: k + 1])
             lte_so_far = self.lte[: k + 1, rows] if self.rule.needs_lte else None
             leave = self.rule.fires(probs, lte_so_far, self.threshold)[-1]
+            here = probs[-1]
+        if self.probabilities is None:
+            self.probabilities = np.zeros((len(self.exit_index), values.shape[-1]), dtype=np.float64)
         self.exit_index[rows[leave]] = k
         self.prediction[rows[leave]] = values[leave].argmax(axis=-1)
+        self.probabilities[rows[leave]] = here[leave]
         return leave
 
 
@@ -118,6 +125,46 @@ def _cascade_batch(model: MultiModel, batch: dict[str, torch.Tensor], decider: _
             return
 
 
+@dataclass
+class EarlyExitResult:
+    """Per example, in the order of the features: the class predicted, the exit (0-based) that answered, and the
+    temperature-scaled probabilities there (what the rule read)."""
+
+    predictions: np.ndarray  # [N] int64
+    exits: np.ndarray  # [N] int64, 0-based exit index
+    probabilities: np.ndarray  # [N, C] float64
+
+
+def early_exit(
+    model: EarlyExitModel | MultiModel,
+    features: list[dict],
+    rule: ExitRule,
+    threshold: float,
+    temperatures: np.ndarray,
+    batch_size: int = 1,
+    pad_token_id: int = 0,
+) -> EarlyExitResult:
+    """Real early-exit inference over ``features`` (``sweet.batches.encode``'s output): length-sorted batches."""
+    model.eval()
+    device = model_device(model)
+    predictions = np.full(len(features), -1, dtype=np.int64)
+    exits = np.full(len(features), -1, dtype=np.int64)
+    probabilities: np.ndarray | None = None
+    step = _cascade_batch if isinstance(model, MultiModel) else _early_exit_batch
+    for idx, batch in sorted_batches(features, batch_size, pad_token_id):
+        batch.pop("labels", None)
+        decider = _Decider(rule, threshold, temperatures, len(idx), model.num_exits)
+        step(model, to_device(batch, device), decider)
+        predictions[idx] = decider.prediction
+        exits[idx] = decider.exit_index
+        if probabilities is None:
+            probabilities = np.zeros((len(features), decider.probabilities.shape[1]), dtype=np.float64)
+        probabilities[idx] = decider.probabilities
+    if probabilities is None:
+        probabilities = np.zeros((0, 0), dtype=np.float64)
+    return EarlyExitResult(predictions, exits, probabilities)
+
+
 def run_early_exit(
     model: EarlyExitModel | MultiModel,
     features: list[dict],
@@ -128,18 +175,8 @@ def run_early_exit(
     pad_token_id: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and exit indices (0-based) of real early-exit inference over ``features``."""
-    model.eval()
-    device = model_device(model)
-    predictions = np.full(len(features), -1, dtype=np.int64)
-    exits = np.full(len(features), -1, dtype=np.int64)
-    step = _cascade_batch if isinstance(model, MultiModel) else _early_exit_batch
-    for idx, batch in sorted_batches(features, batch_size, pad_token_id):
-        batch.pop("labels", None)
-        decider = _Decider(rule, threshold, temperatures, len(idx), model.num_exits)
-        step(model, to_device(batch, device), decider)
-        predictions[idx] = decider.prediction
-        exits[idx] = decider.exit_index
-    return predictions, exits
+    result = early_exit(model, features, rule, threshold, temperatures, batch_size, pad_token_id)
+    return result.predictions, result.exits
 
 
 def _select_rows(value: Any, keep: torch.Tensor, full: int) -> Any:
