@@ -159,7 +159,14 @@ def merge(base: dict, overlay: dict) -> dict:
 def load_schema(path: str | Path | None = None) -> dict:
     import yaml
 
-    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+    from sweet.exits import EXIT_RULES  # numpy only; imported here so planning that never validates skips it
+
+    schema = yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+    # The exit rules are a registry in the package; the schema takes their names from it rather than a copy.
+    exit_rule = schema.get("properties", {}).get("claims", {}).get("properties", {}).get("exit_rule")
+    if exit_rule is not None:
+        exit_rule["enum"] = list(EXIT_RULES)
+    return schema
 
 
 def validate(config: dict, schema_path: str | Path | None = None, base_dir: str | Path = ".") -> dict[str, Model]:

@@ -34,6 +34,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from sweet.exits import EXIT_RULES
 from sweet.io import atomic_dir, atomic_path, write_json, write_text
 from sweet.reporting.collect import GROUP_KEYS, RUN_KEYS, display_name, methods_in_order, read_table
 from sweet.reporting.statistics import gradient_conflict_summary, interpolate_curve
@@ -43,8 +44,7 @@ PALETTE = {"ee": "#0072B2", "sweet": "#D55E00", "mm": "#009E73"}
 MARKERS = {"ee": "o", "sweet": "s", "mm": "^"}
 EXTRA_COLOURS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 ORACLE_COLOUR = "#6E6E6E"
-STRATEGY_NAMES = {"confidence": "confidence", "entropy": "entropy", "patience": "patience",
-                  "learned": "learned-to-exit"}
+STRATEGY_NAMES = {name: rule.label for name, rule in EXIT_RULES.items()}  # in the registry's order
 SPEEDUP_LABEL = "Speedup (×, full-model layers / layers used)"
 GRID_POINTS = 160
 RC = {
@@ -245,7 +245,7 @@ def _strategies(block: pd.DataFrame) -> list[str]:
 
 
 def speed_accuracy_allrules_figure(block: pd.DataFrame) -> Figure | None:
-    """One panel per exit rule (confidence, entropy, patience, learned) for one task × model × budget."""
+    """One panel per exit rule (sweet.exits.EXIT_RULES) for one task × model × budget."""
     strategies = _strategies(block)
     if not strategies:
         return None
