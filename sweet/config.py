@@ -77,7 +77,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "learned_exit": False,
     "gradient_conflict_every": 0,
     "save_steps": 200,
+    "report_to": "none",
 }
+# training.report_to: the Trainer's own experiment-tracking integrations, and the pip package each one needs.
+REPORT_TO_PACKAGES: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb",
+                                             "mlflow": "mlflow"}
 # The cluster keys' defaults (sweet.cluster reads them from here; the configuration check needs them too).
 CLUSTER_DEFAULTS: dict[str, Any] = {
     "max_runtime_minutes": 1440,  # the partition's MaxTime (24 h is a common cap on GPU partitions)
