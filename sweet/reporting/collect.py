@@ -175,19 +175,14 @@ def training_loss_rows(run: str | Path, meta: dict) -> pd.DataFrame:
     EE/SWEET: the run's ``train_metrics.json``; MM: ``members/member_<k>.json``, whose single exit is the model's
     exit k. A run without a training record (hand-made, or copied without it) has no rows.
     """
-    rows = []
     members = sorted((training_dir(run) / "members").glob("member_*.json"), key=_member_index)
+    rows = []
     if members:
         for path in members:
             record = _read_record(path)
-            k = int(record.get("member") or _member_index(path))
-            rows += _loss_rows(record, meta, {1: k}, path)
-    else:
-        path = run_file(run, "train_metrics.json")
-        if path.is_file():
-            record = _read_record(path)
-            exits = len(record.get("exit_layers") or [])
-            rows += _loss_rows(record, meta, {k: k for k in range(1, exits + 1)}, path)
+            rows += _loss_rows(record, meta, member=int(record.get("member") or _member_index(path)))
+    elif run_file(run, "train_metrics.json").is_file():
+        rows = _loss_rows(_read_record(run_file(run, "train_metrics.json")), meta)
     return pd.DataFrame(rows, columns=TRAINING_LOSS_COLUMNS) if rows else empty_frame(TRAINING_LOSS_COLUMNS)
 
 
@@ -245,15 +240,22 @@ def _read_record(path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _loss_rows(record: dict, meta: dict, exits: dict[int, int], path: Path) -> list[dict]:
-    """``exits`` maps the record's own exit numbers (``loss_exit_<j>``) to the run's exit numbers."""
+_EXIT_LOSS = re.compile(r"^loss_exit_(\d+)$")
+
+
+def _loss_rows(record: dict, meta: dict, member: int | None = None) -> list[dict]:
+    """The record's ``loss_exit_<j>`` entries as rows; an MM member's only exit (j = 1) is the model's exit
+    ``member``. Entries without them (the end-of-training summary, runs from before per-exit logs) add nothing."""
     layers = record.get("exit_layers") or []
     rows = []
     for entry in record.get("log_history") or []:
-        for own, k in exits.items():
-            loss = entry.get(f"loss_exit_{own}")
-            if loss is None or "step" not in entry:
-                continue  # an entry of another kind (the end-of-training summary), or a run from before per-exit logs
+        if "step" not in entry:
+            continue
+        for key, loss in entry.items():
+            match = _EXIT_LOSS.match(key)
+            if match is None or loss is None:
+                continue
+            k = member if member is not None else int(match.group(1))
             rows.append({**meta, "step": int(entry["step"]), "exit": k,
                          "exit_layer": int(layers[k - 1]) if len(layers) >= k else None, "loss": float(loss)})
     return rows
