@@ -91,7 +91,9 @@ def require_tracking_package(report_to: str) -> None:
     """Fail in one line, before any model is loaded, when the chosen integration's package is not installed (the
     Trainer would only say so after the model is built, in a traceback)."""
     package = REPORT_TO_PACKAGES[report_to]
-    if package is not None and importlib.util.find_spec(package) is None:
+    # The Trainer's TensorBoard callback also writes through tensorboardX when that is what is installed
+    modules = (package, "tensorboardX") if report_to == "tensorboard" else (package,)
+    if package is not None and all(importlib.util.find_spec(m) is None for m in modules):
         raise UserError(f"training.report_to: {report_to} needs the '{package}' package, which is not installed; "
                         f"`pip install {package}` in the training environment, or set training.report_to: none")
 

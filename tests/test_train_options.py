@@ -105,6 +105,12 @@ def test_a_missing_tracking_package_fails_in_one_line_before_anything_loads(rows
     assert "\n" not in message
     assert message.startswith("training.report_to: wandb") and "pip install wandb" in message
     sweet.train.require_tracking_package("none")  # nothing to install
+    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: None)  # nothing installed
+    with pytest.raises(UserError, match=r"^training\.report_to: tensorboard needs .*`pip install tensorboard`"):
+        sweet.train.require_tracking_package("tensorboard")
+    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboardX"
+                        else None)
+    sweet.train.require_tracking_package("tensorboard")  # the Trainer writes through tensorboardX then
 
 
 def test_tracking_logs_beside_the_model_and_offline(tmp_path, monkeypatch):
