@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from sweet.backbones import POOLINGS  # the registry imports no torch
 from sweet.errors import UserError
+from sweet.exits import EXIT_RULES  # numpy only
 
 POOLING_HELP = ("how each exit reads the hidden states: cls (first token), mean (over non-padding tokens) or last "
                 "(last non-padding token); default: the backbone's (cls for encoders, last for decoders)")
@@ -524,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--task-dir", required=True)
     p.add_argument("--temperatures", required=True)
-    p.add_argument("--rule", default="confidence", choices=["confidence", "entropy", "patience", "learned"])
+    p.add_argument("--rule", default="confidence", choices=list(EXIT_RULES))
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--batch-size", type=int, default=1)
     p.set_defaults(func=cmd_infer)

@@ -77,7 +77,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "learned_exit": False,
     "gradient_conflict_every": 0,
     "save_steps": 200,
+    "report_to": "none",
 }
+# training.report_to: the Trainer's own experiment-tracking integrations, and the pip package each one needs.
+REPORT_TO_PACKAGES: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb",
+                                             "mlflow": "mlflow"}
 # The cluster keys' defaults (sweet.cluster reads them from here; the configuration check needs them too).
 CLUSTER_DEFAULTS: dict[str, Any] = {
     "max_runtime_minutes": 1440,  # the partition's MaxTime (24 h is a common cap on GPU partitions)
@@ -159,7 +163,14 @@ def merge(base: dict, overlay: dict) -> dict:
 def load_schema(path: str | Path | None = None) -> dict:
     import yaml
 
-    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+    from sweet.exits import EXIT_RULES  # numpy only; imported here so planning that never validates skips it
+
+    schema = yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+    # The exit rules are a registry in the package; the schema takes their names from it rather than a copy.
+    exit_rule = schema.get("properties", {}).get("claims", {}).get("properties", {}).get("exit_rule")
+    if exit_rule is not None:
+        exit_rule["enum"] = list(EXIT_RULES)
+    return schema
 
 
 def validate(config: dict, schema_path: str | Path | None = None, base_dir: str | Path = ".") -> dict[str, Model]:

@@ -36,6 +36,14 @@ def _entropy(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.
     return -plogp.sum(axis=-1) / np.log(probs.shape[-1]) <= threshold
 
 
+def _softmax_diff(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+    # CALM (Schuster et al., 2022): exit when the top-1 calibrated probability beats the runner-up by at least the
+    # threshold. Unlike max-probability it asks whether the exit could be confused between its two best classes,
+    # which matters once there are more than two; with two classes it is 2·max − 1, a rescaled confidence.
+    top2 = np.partition(probs, probs.shape[-1] - 2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0] >= threshold
+
+
 def _patience(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
     # PABEE: exit once the prediction has stayed the same for `threshold` consecutive exits after the first.
     preds = probs.argmax(axis=-1)
@@ -54,6 +62,7 @@ def _learned(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.
 @dataclass(frozen=True)
 class ExitRule:
     name: str
+    label: str  # how figures and captions name the rule
     fires: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]  # probs [K,N,C], lte [K,N] → bool [K,N]
     thresholds: Callable[[int, int, int], np.ndarray]  # (num_labels, num_exits, n) → grid
     needs_lte: bool = False
@@ -76,10 +85,13 @@ def _patience_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
 
 
 EXIT_RULES: dict[str, ExitRule] = {
-    "confidence": ExitRule("confidence", _confidence, _prob_grid),
-    "entropy": ExitRule("entropy", _entropy, _unit_grid, never_fires=-math.inf),  # exits when entropy is LOW
-    "patience": ExitRule("patience", _patience, _patience_grid),
-    "learned": ExitRule("learned", _learned, _unit_grid, needs_lte=True),
+    "confidence": ExitRule("confidence", "confidence", _confidence, _prob_grid),
+    # exits when entropy is LOW
+    "entropy": ExitRule("entropy", "entropy", _entropy, _unit_grid, never_fires=-math.inf),
+    "patience": ExitRule("patience", "patience", _patience, _patience_grid),
+    "learned": ExitRule("learned", "learned-to-exit", _learned, _unit_grid, needs_lte=True),
+    # top-1 − top-2 lies in [0, 1] for any number of classes
+    "softmax_diff": ExitRule("softmax_diff", "softmax difference (CALM)", _softmax_diff, _unit_grid),
 }
 
 

@@ -11,7 +11,7 @@ A run's folder is named by what it computes, not by the grid that asked for it::
 The run id is a short digest of the run's *identity* (:func:`run_identity`): the task and its data, the backbone
 and its revision, the exit layers and pooling, the method, the budget and seed, and the training options the
 method reads. Two grids asking for the same identity share the folder (trained once); two that differ in any of
-these never share one. Operational settings (``save_steps``, ``threads``, ``hub_cache``, ``scratch_dir``,
+these never share one. Operational settings (``save_steps``, ``report_to``, ``threads``, ``hub_cache``, ``scratch_dir``,
 ``keep_checkpoints``, precision on a CPU) change no number and are not part of it. Calibration is not training:
 its settings name the subfolder, so a new ``calibration_size`` or ``calibrate_on`` recalibrates and re-evaluates
 the same trained model.
@@ -45,8 +45,9 @@ CALIBRATED_PATTERN = RUN_PATTERN + "/{calibration}"
 LOGS = RESULTS + "/logs"
 RUN_JSON = "run.json"  # the run's identity, written before it trains; the reporting checks it
 IDENTITY_VERSION = 1  # bump when the meaning of an identity field changes, so no old folder is read as new
-# Training options that change no number of a run (a checkpoint interval): never part of its identity.
-OPERATIONAL_TRAINING = ("save_steps",)
+# Training options that change no number of a run (a checkpoint interval, where the training curves are also
+# logged to): never part of its identity.
+OPERATIONAL_TRAINING = ("save_steps", "report_to")
 # Options only some methods read; for the others they are not part of the identity (nothing to retrain).
 METHOD_TRAINING_OPTIONS = {
     "gradient_conflict_every": ("ee",),  # the probe restores the RNG: it adds a CSV, it changes no weight

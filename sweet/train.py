@@ -7,9 +7,12 @@ last checkpoint after a kill, and writes the model atomically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -31,6 +34,7 @@ from transformers import (
 from sweet.audit import require_separation, separation_audit
 from sweet.backbones import embedding_module, first_layer_extra
 from sweet.batches import encode
+from sweet.config import REPORT_TO_PACKAGES
 from sweet.errors import UserError
 from sweet.io import atomic_dir, write_csv, write_json
 from sweet.model import EarlyExitModel, exit_loss_terms
@@ -56,6 +60,7 @@ class TrainSpec:
     learned_exit: bool = False  # train learned-to-exit heads (the `learned` exit rule)
     gradient_conflict_every: int = 0  # EE only: probe per-exit gradient cosines every N steps (0 = off)
     save_steps: int = 200  # checkpoint interval, for resuming a killed job
+    report_to: str = "none"  # the Trainer's tracking integration: none | tensorboard | wandb | mlflow (offline)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], field: str = "training") -> TrainSpec:
@@ -76,7 +81,56 @@ class TrainSpec:
             raise UserError(f"{field}.warmup_ratio: must be a fraction of the training steps in [0, 1), got {ratio!r}")
         if spec.precision not in PRECISIONS:
             raise UserError(f"{field}.precision: '{spec.precision}' is not one of {', '.join(PRECISIONS)}")
+        if spec.report_to not in REPORT_TO_PACKAGES:
+            raise UserError(f"{field}.report_to: {spec.report_to!r} is not one of {', '.join(REPORT_TO_PACKAGES)}")
         return spec
+
+
+# ---------------------------------------------------------------------------------------------- experiment tracking
+def require_tracking_package(report_to: str) -> None:
+    """Fail in one line, before any model is loaded, when the chosen integration's package is not installed (the
+    Trainer would only say so after the model is built, in a traceback)."""
+    package = REPORT_TO_PACKAGES[report_to]
+    # The Trainer's TensorBoard callback also writes through tensorboardX when that is what is installed
+    modules = (package, "tensorboardX") if report_to == "tensorboard" else (package,)
+    if package is not None and all(importlib.util.find_spec(m) is None for m in modules):
+        raise UserError(f"training.report_to: {report_to} needs the '{package}' package, which is not installed; "
+                        f"`pip install {package}` in the training environment, or set training.report_to: none")
+
+
+def tracking_dir(out: str | Path, member: int | None = None) -> Path:
+    """Where a trained model's tracking logs go: ``tracking/`` in the run folder, beside ``model/`` (MM member k:
+    ``tracking/member_<k>/``). Not the checkpoint folder: that is removed once training ends (and may be on
+    scratch); ``model/`` itself may be deleted once evaluated."""
+    out = Path(out)
+    if member is None:
+        return out.parent / "tracking"
+    return out.parent.parent / "tracking" / f"member_{member}"
+
+
+@contextlib.contextmanager
+def tracking_environment(report_to: str, folder: str | Path):
+    """The integration's environment while training: logs under ``folder`` and nothing sent over the network
+    (compute nodes run offline). Variables the user set are kept: an explicit ``WANDB_MODE=online`` or a tracking
+    server is theirs to choose. Restored afterwards, so one process can train several runs."""
+    folder = Path(folder).resolve()
+    defaults = {
+        "none": {},
+        "tensorboard": {"TENSORBOARD_LOGGING_DIR": str(folder / "tensorboard")},
+        # wandb writes its offline run into WANDB_DIR/wandb/; `wandb sync` uploads it later, from a login node
+        "wandb": {"WANDB_MODE": "offline", "WANDB_DIR": str(folder), "WANDB_PROJECT": "sweet"},
+        # a local file store: without one, MLflow writes ./mlruns in whatever folder the job started in
+        "mlflow": {"MLFLOW_TRACKING_URI": (folder / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": "sweet"},
+    }[report_to]
+    added = [name for name in defaults if name not in os.environ]
+    if defaults:
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 CONFLICT_ROWS = "gradient_conflict_rows.json"
@@ -260,14 +314,18 @@ def train(
     member: int | None = None,
     pooling: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    tracking: str | Path | None = None,
 ) -> dict:
     """Fine-tune on ``rows`` and write the model to ``out``; returns the training record for the metrics file.
+
+    ``tracking``: where ``spec.report_to``'s integration logs (default ``tracking_dir(out, member)``).
 
     ``pooling``: how every exit (and each MM member) pools the hidden states; None is the architecture's default.
     ``backbone`` is a local folder (a hub id is resolved to its cached snapshot first: ``sweet.hub``). A job killed
     or signalled mid-training resumes from the newest complete checkpoint in ``work_dir`` when rerun; on SIGTERM
     or SIGUSR1 it saves one first and raises ``TrainingInterrupted``.
     """
+    require_tracking_package(spec.report_to)  # before anything slow: a missing package is a one-line fix
     set_seed(seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(backbone)
@@ -306,47 +364,24 @@ def train(
     features = encode(rows, tokenizer, spec.max_length)
     on_gpu = torch.cuda.is_available()
     steps_per_epoch = math.ceil(len(features) / (spec.batch_size * spec.gradient_accumulation_steps))
-    args = TrainingArguments(
-        output_dir=str(work_dir),
-        per_device_train_batch_size=per_device_batch_size(spec.batch_size, torch.cuda.device_count() if on_gpu else 1),
-        gradient_accumulation_steps=spec.gradient_accumulation_steps,
-        num_train_epochs=spec.epochs,
-        learning_rate=spec.learning_rate,
-        weight_decay=spec.weight_decay,
-        # transformers 5 has no warmup_ratio: a warmup_steps below 1 is the ratio, ceil(ratio × total steps); 1 or
-        # more would be a step count, which from_dict's [0, 1) rules out.
-        warmup_steps=spec.warmup_ratio,
-        lr_scheduler_type="linear",
-        seed=seed,
-        data_seed=seed,
-        full_determinism=not on_gpu,  # exact on CPU; on GPU deterministic kernels would cost too much speed
-        use_cpu=not on_gpu,
-        bf16=on_gpu and spec.precision == "bf16",
-        fp16=on_gpu and spec.precision == "fp16",
-        save_strategy="steps",
-        save_steps=spec.save_steps,
-        save_total_limit=1,
-        logging_steps=_logging_steps(steps_per_epoch, spec.save_steps),
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
-    trainer = ExitTrainer(
-        model=model,
-        args=args,
-        train_dataset=_ListDataset(features),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        conflict_every=spec.gradient_conflict_every if method == "ee" else 0,
-        callbacks=callbacks,
-    )
-    resume = last_complete_checkpoint(work_dir)
-    if resume:
-        print(f"resuming from {resume}", file=sys.stderr, flush=True)
-        rows_file = Path(resume) / CONFLICT_ROWS
-        trainer.conflict_rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
-    with CheckpointOnSignal() as on_signal:
-        trainer.add_callback(on_signal)
-        trainer.train(resume_from_checkpoint=resume)
+    args = training_arguments(spec, seed, work_dir, steps_per_epoch, on_gpu)
+    with tracking_environment(spec.report_to, tracking if tracking is not None else tracking_dir(out, member)):
+        trainer = ExitTrainer(
+            model=model,
+            args=args,
+            train_dataset=_ListDataset(features),
+            data_collator=DataCollatorWithPadding(tokenizer),
+            conflict_every=spec.gradient_conflict_every if method == "ee" else 0,
+            callbacks=callbacks,
+        )
+        resume = last_complete_checkpoint(work_dir)
+        if resume:
+            print(f"resuming from {resume}", file=sys.stderr, flush=True)
+            rows_file = Path(resume) / CONFLICT_ROWS
+            trainer.conflict_rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
+        with CheckpointOnSignal() as on_signal:
+            trainer.add_callback(on_signal)
+            trainer.train(resume_from_checkpoint=resume)
     if on_signal.stopped_at is not None:
         raise TrainingInterrupted(
             f"training stopped on {on_signal.received} at step {on_signal.stopped_at} of {trainer.state.max_steps}; "
@@ -373,6 +408,36 @@ def train(
         "gradient_conflict": trainer.conflict_rows,
         "provenance": provenance(),
     }
+
+
+def training_arguments(spec: TrainSpec, seed: int, work_dir: str | Path, steps_per_epoch: int,
+                       on_gpu: bool) -> TrainingArguments:
+    """The Trainer's arguments for ``spec``: checkpoints in ``work_dir``, logging on steps that divide save_steps."""
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=per_device_batch_size(spec.batch_size, torch.cuda.device_count() if on_gpu else 1),
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        num_train_epochs=spec.epochs,
+        learning_rate=spec.learning_rate,
+        weight_decay=spec.weight_decay,
+        # transformers 5 has no warmup_ratio: a warmup_steps below 1 is the ratio, ceil(ratio × total steps); 1 or
+        # more would be a step count, which from_dict's [0, 1) rules out.
+        warmup_steps=spec.warmup_ratio,
+        lr_scheduler_type="linear",
+        seed=seed,
+        data_seed=seed,
+        full_determinism=not on_gpu,  # exact on CPU; on GPU deterministic kernels would cost too much speed
+        use_cpu=not on_gpu,
+        bf16=on_gpu and spec.precision == "bf16",
+        fp16=on_gpu and spec.precision == "fp16",
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=1,
+        logging_steps=_logging_steps(steps_per_epoch, spec.save_steps),
+        report_to=spec.report_to,  # the tracking environment (tracking_environment) keeps it offline
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
 
 
 def per_device_batch_size(batch_size: int, devices: int) -> int:

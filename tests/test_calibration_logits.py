@@ -17,6 +17,7 @@ from sweet.cli import main
 from sweet.curves import load_logits
 from sweet.data import load_prepared, make_splits, prepare_task
 from sweet.evaluate import exit_logits, load_model
+from sweet.exits import EXIT_RULES
 from sweet.model import EarlyExitModel
 from sweet.multimodel import MultiModel
 
@@ -112,7 +113,8 @@ def test_operating_points_stage_writes_the_contract_exactly_and_refuses_an_eval_
     assert list(points.columns) == ["task", "model", "budget", "method", "seed", *OPERATING_POINT_COLUMNS]
     assert list(risk.columns) == ["task", "model", "budget", "method", "seed", *RISK_COLUMNS]
     assert set(COLLECTED_POINTS) <= set(points.columns) and set(RISK_CONTROL_COLUMNS) <= set(risk.columns)
-    assert len(points) == 3 * 2 and len(risk) == 3 * 2  # confidence, entropy, patience × targets (× risks)
+    rules = sum(not rule.needs_lte for rule in EXIT_RULES.values())  # every rule but learned-to-exit (not trained)
+    assert len(points) == rules * 2 and len(risk) == rules * 2  # rules × targets (× risks)
     # thresholds are written exactly: each one read back is a point of the grid the curves use
     from sweet.curves import threshold_grid
 

@@ -323,3 +323,16 @@ def test_hub_backbone_is_fetched_once_then_read_offline(setup: Path, tmp_path: P
     assert missing.returncode == 2 and len(lines) == 1, missing.stderr[-2000:]
     assert "'sweet-ci/tiny-bert' is not in the hub cache" in lines[0] and "hf download sweet-ci/tiny-bert" in lines[0]
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_infer_offers_every_registered_exit_rule() -> None:
+    """`python -m sweet infer --rule` takes its choices from sweet.exits.EXIT_RULES, so a new rule is offered."""
+    from sweet.cli import build_parser
+    from sweet.exits import EXIT_RULES
+
+    parser = build_parser()
+    base = ["infer", "--model", "m", "--task-dir", "t", "--temperatures", "t.json", "--threshold", "0.5"]
+    for rule in EXIT_RULES:
+        assert parser.parse_args([*base, "--rule", rule]).rule == rule
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--rule", "softmax-difference"])

@@ -343,3 +343,16 @@ def test_bad_operating_point_and_risk_control_values(config: dict) -> None:
         bad = copy.deepcopy(config)
         bad[section][key] = value
         refused(bad, f"{section}.{key}")
+
+
+def test_claims_exit_rule_is_any_registered_rule(config: dict) -> None:
+    """The schema takes the exit rules' names from sweet.exits.EXIT_RULES: a new rule is accepted everywhere."""
+    from sweet.exits import EXIT_RULES
+
+    for rule in EXIT_RULES:
+        ok = copy.deepcopy(config)
+        ok.setdefault("claims", {})["exit_rule"] = rule
+        validate(ok, base_dir=ROOT)
+    bad = copy.deepcopy(config)
+    bad.setdefault("claims", {})["exit_rule"] = "softmax-diff"
+    refused(bad, "claims.exit_rule", "softmax_diff")

@@ -35,6 +35,7 @@ def test_reference_thresholds_any_num_labels(num_labels):
     assert np.array_equal(EXIT_RULES["entropy"].thresholds(num_labels, 4, 11), np.linspace(0, 1, 11))
     assert np.array_equal(EXIT_RULES["learned"].thresholds(num_labels, 4, 11), np.linspace(0, 1, 11))
     assert np.array_equal(EXIT_RULES["patience"].thresholds(num_labels, 4, 11), [0, 1, 2, 3])
+    assert np.array_equal(EXIT_RULES["softmax_diff"].thresholds(num_labels, 4, 11), np.linspace(0, 1, 11))
 
 
 def test_threshold_grid_binary_confidence_marks_the_reference_points():
@@ -95,6 +96,31 @@ def test_entropy_rule_normalised():
     assert EXIT_RULES["entropy"].fires(three, None, 1 - 1e-9).tolist() == [[False, True]]
 
 
+def test_softmax_diff_rule_calm():
+    rule = EXIT_RULES["softmax_diff"]
+    # 2 exits x 4 examples over 3 classes; top-1 − top-2 by hand:
+    probs = np.array([
+        [[0.5, 0.4, 0.1], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]],  # 0.1, 0.5, 0.7, 0.01
+        [[0.9, 0.05, 0.05], [0.3, 0.3, 0.4], [0.2, 0.6, 0.2], [0.45, 0.1, 0.45]],  # 0.85, 0.1, 0.4, 0.0
+    ])
+    assert rule.fires(probs, None, 0.45).tolist() == [[False, True, True, False], [True, False, False, False]]
+    assert simulate(rule, probs, None, 0.45).tolist() == [1, 0, 0, 1]
+    assert simulate(rule, probs, None, 0.75).tolist() == [1, 1, 1, 1]
+    assert simulate(rule, probs, None, 0.0).tolist() == [0, 0, 0, 0]  # a difference is never negative
+    # ≥, not >; and a tie between the two best classes (0.45, 0.45) has difference exactly 0
+    assert rule.fires(probs, None, 0.5 - 1e-12)[0].tolist() == [False, True, True, False]
+    assert rule.fires(probs[1:], None, 1e-12).tolist() == [[True, True, True, False]]
+    # it is not max-probability: example 1 at exit 1 (max 0.7) fires at 0.45, while example 3 at exit 2 (max 0.45,
+    # but a tie) never does; with two classes the difference is 2·max − 1
+    binary = _probs_from_max([[0.9, 0.6, 0.3]])
+    assert rule.fires(binary, None, 0.8 - 1e-12).tolist() == [[True, False, False]]
+    np.testing.assert_allclose(
+        rule.fires(binary, None, 0.4 - 1e-12), EXIT_RULES["confidence"].fires(binary, None, 0.7 - 1e-12))
+    # the decision at exit k uses exits 1..k only (causal)
+    for k in range(2):
+        assert np.array_equal(rule.fires(probs[: k + 1], None, 0.45)[-1], rule.fires(probs, None, 0.45)[k])
+
+
 def test_patience_rule_pabee():
     rule = EXIT_RULES["patience"]
     # predictions per exit (5 exits) for 4 examples, built from probabilities
@@ -126,7 +152,7 @@ def test_learned_rule():
         simulate(rule, probs, None, 0.5)
 
 
-@pytest.mark.parametrize("rule_name", ["confidence", "learned"])
+@pytest.mark.parametrize("rule_name", ["confidence", "learned", "softmax_diff"])
 def test_last_exit_always_answers(rule_name):
     rng = np.random.default_rng(0)
     probs = calibrated_probs(rng.normal(size=(3, 50, 4)) * 5)
@@ -239,7 +265,8 @@ def test_curve_rows_hand_case():
     logits = _logits_dict()
     frame = curve_rows(logits, ["accuracy"], "accuracy", _accuracy, n=11, dense=101)
     conf = frame[frame.strategy == "confidence"].set_index("threshold")
-    assert set(frame.strategy) == {"confidence", "entropy", "patience", "oracle"}  # no learned scores stored
+    # no learned scores stored
+    assert set(frame.strategy) == {"confidence", "entropy", "patience", "softmax_diff", "oracle"}
     # τ = 0.5: everybody leaves at exit 1 (layer 2 of 4)
     row = conf.loc[0.5]
     assert row.score == pytest.approx(0.5) and row.speedup == pytest.approx(2.0)
@@ -261,6 +288,10 @@ def test_curve_rows_hand_case():
     # τ = 1: nobody is that sure, the last exit answers everything
     row = conf.loc[1.0]
     assert row.score == pytest.approx(1.0) and row.speedup == pytest.approx(1.0) and row.flops_fraction > 1.0
+    # softmax difference, binary: 2·max − 1 ≥ 0.5 ⟺ max ≥ 0.75, the confidence row above
+    diff = frame[frame.strategy == "softmax_diff"].set_index("threshold").loc[0.5]
+    assert diff.score == pytest.approx(1.0) and diff.layer_fraction == pytest.approx((2 + 4 + 2 + 4) / 16)
+    assert diff.reference_threshold == 1
     # the 11 reference thresholds are marked
     assert np.array_equal(np.sort(conf.index[conf.reference_threshold == 1].to_numpy()), np.linspace(0.5, 1, 11))
     # oracle: earliest correct exit -> 0, 2 at exit 1; 1, 3 at exit 2 -> everything right
@@ -311,7 +342,7 @@ def test_curve_rows_mark_exactly_eleven_reference_rows_per_rule():
     logits = _logits_dict()
     logits["lte_scores"] = np.array([[0.9, 0.2, 0.6, 0.1], [0.5, 0.5, 0.5, 0.5]], dtype=np.float32)
     frame = curve_rows(logits, ["accuracy"], "accuracy", _accuracy, n=11, dense=101)
-    for strategy in ("confidence", "entropy", "learned"):
+    for strategy in ("confidence", "entropy", "learned", "softmax_diff"):
         rows = frame[frame.strategy == strategy]
         assert rows.reference_threshold.sum() == 11, strategy
         assert len(rows) == 101, strategy

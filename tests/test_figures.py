@@ -3,6 +3,7 @@ for partial grids and a single seed, and reruns are byte-identical."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,38 @@ def fake_logits(method: str, seed: int, n: int = 400) -> dict[str, np.ndarray]:
     }
 
 
+def fake_exit_losses(method: str, seed: int, steps: range) -> dict[int, list[float]]:
+    """Exit k's logged loss at each step: decaying from ln 2 towards a floor that is lower for later exits (and for
+    SWEET's and MM's early exits, as their margins above)."""
+    rng = np.random.default_rng(seed)
+    return {k: [round(0.2 + (0.69 - 0.2) * np.exp(-step / 60) - 0.04 * MARGINS[method][k - 1]
+                      + 0.01 * rng.normal(), 6) for step in steps] for k in range(1, len(EXIT_LAYERS) + 1)}
+
+
+def write_fake_training_records(run: Path, method: str, seed: int, steps: range = range(10, 110, 10)) -> None:
+    """The training records the Trainer leaves beside a calibrated folder: EE/SWEET one train_metrics.json with every
+    exit's loss_exit_<k>; MM one members/member_<k>.json per member, whose only exit is loss_exit_1."""
+    training = run.parent if run.name.startswith("cal-") else run
+    losses = fake_exit_losses(method, seed, steps)
+
+    def history(exits: dict[int, int]) -> list[dict]:
+        entries = [{"step": step, "epoch": step / 50, "loss": sum(losses[k][i] for k in exits.values()),
+                    **{f"loss_exit_{own}": losses[k][i] for own, k in exits.items()}}
+                   for i, step in enumerate(steps)]
+        return [*entries, {"step": steps[-1], "train_runtime": 1.0, "train_loss": 0.5}]  # the Trainer's summary
+
+    if method == "mm":
+        (training / "members").mkdir(parents=True, exist_ok=True)
+        for k in range(1, len(EXIT_LAYERS) + 1):
+            record = {"method": "mm", "member": k, "exit_layers": EXIT_LAYERS, "log_history": history({1: k})}
+            (training / "members" / f"member_{k}.json").write_text(json.dumps(record))
+    else:
+        record = {"method": method, "member": None, "exit_layers": EXIT_LAYERS,
+                  "log_history": history({k: k for k in range(1, len(EXIT_LAYERS) + 1)})}
+        training.mkdir(parents=True, exist_ok=True)
+        (training / "train_metrics.json").write_text(json.dumps(record))
+
+
 def write_fake_run(run: Path, task: str, model: str, budget: int, method: str, seed: int) -> None:
     meta = {"task": task, "model": model, "budget": budget, "method": method, "seed": seed}
     logits = fake_logits(method, seed + budget)
@@ -50,6 +83,7 @@ def write_fake_run(run: Path, task: str, model: str, budget: int, method: str, s
     with_meta(curve_rows(logits, ["accuracy"], "accuracy", _accuracy), meta).to_csv(run / "curves.csv", index=False)
     with_meta(exit_rows(logits, ["accuracy"], "accuracy", _accuracy), meta).to_csv(
         run / "individual_exits.csv", index=False)
+    write_fake_training_records(run, method, seed)
     if method == "ee":
         rng = np.random.default_rng(seed)
         rows = []
@@ -96,6 +130,7 @@ def test_every_figure_kind_is_written(full_grid: tuple[Path, Path]) -> None:
             assert f"speed_accuracy/{stem}__allrules.{fmt}" in names
             assert f"individual_exits/{stem}.{fmt}" in names
             assert f"gradient_conflict/{stem}.{fmt}" in names
+            assert f"training_loss/{stem}.{fmt}" in names
     assert "speed_accuracy/overview.png" in names and "speed_accuracy/overview.pdf" in names
     for path in written:
         assert path.stat().st_size > 1000
@@ -108,7 +143,7 @@ def test_figures_are_byte_reproducible(tmp_path: Path) -> None:
     aggregate(runs, tmp_path / "tables")
     first = make_figures(tmp_path / "tables", tmp_path / "again1")
     second = make_figures(tmp_path / "tables", tmp_path / "again2")
-    assert len(first) == len(second) == 10
+    assert len(first) == len(second) == 12
     curves = pd.read_csv(tmp_path / "tables" / "curves.csv")
     for folder in ("svg1", "svg2"):
         first.append(_save(speed_accuracy_figure(curves), tmp_path / folder / "figure", ["svg"])[0])

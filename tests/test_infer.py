@@ -98,6 +98,9 @@ def _exit1_scores(c: dict, rule_name: str) -> np.ndarray:
         return probs.max(axis=-1)
     if rule_name == "entropy":
         return -(probs * np.log(probs)).sum(axis=-1) / np.log(NUM_LABELS)
+    if rule_name == "softmax_diff":
+        top = np.sort(probs, axis=-1)
+        return top[:, -1] - top[:, -2]
     return c["lte"][0].astype(np.float64)
 
 
@@ -107,7 +110,7 @@ def _thresholds(c: dict, rule_name: str) -> list[float]:
     grid = list(rule.thresholds(NUM_LABELS, len(EXITS), 11))
     if rule_name == "patience":
         return grid + [0.5, 1.5, 5.0]
-    rng = np.random.default_rng({"confidence": 1, "entropy": 2, "learned": 3}[rule_name])
+    rng = np.random.default_rng({"confidence": 1, "entropy": 2, "learned": 3, "softmax_diff": 4}[rule_name])
     low = 1 / NUM_LABELS if rule_name == "confidence" else 0.0
     scores = np.unique(_exit1_scores(c, rule_name))
     gaps = [(a + b) / 2 for a, b in zip(scores, scores[1:]) if b - a > 1e-4]
@@ -145,7 +148,7 @@ def test_online_equals_offline(case, rule_name):
     # every exit for the rules whose scores are spread by the scaled heads
     assert mixed
     assert len(exits_seen) >= 2
-    if rule_name in ("confidence", "entropy"):
+    if rule_name in ("confidence", "entropy", "softmax_diff"):
         assert exits_seen == set(range(len(EXITS)))
 
 

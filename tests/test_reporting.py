@@ -186,6 +186,58 @@ def test_no_empty_sections_and_captions_follow_the_data(tmp_path: Path) -> None:
     assert "inconclusive (1 seed)" in html and "not tested (no EE runs)" in html
 
 
+def test_training_loss_table_is_tidy_and_read_from_the_training_folder(partial_grid: Path) -> None:
+    """training_loss.csv: one row per finished run × logged step × exit, read from the calibrated folder's parent
+    (MM: member k's only exit is exit k); the Trainer's end-of-training summary is not a step."""
+    from test_figures import EXIT_LAYERS, fake_exit_losses
+
+    table = pd.read_csv(partial_grid / "g" / "tables" / "training_loss.csv", dtype={"run_id": str})
+    assert list(table.columns) == ["task", "model", "budget", "method", "seed", "run_id", "step", "exit",
+                                   "exit_layer", "loss"]
+    steps = list(range(10, 110, 10))
+    finished = [("ee", 1), ("ee", 2), ("sweet", 1), ("mm", 1), ("mm", 2)]  # SWEET seed 2 failed in training
+    assert sorted(set(zip(table["method"], table["seed"]))) == sorted(finished)
+    assert len(table) == len(finished) * len(steps) * len(EXIT_LAYERS)
+    assert not table.duplicated(["method", "seed", "step", "exit"]).any()
+    assert table.groupby(["method", "seed", "exit"])["step"].apply(list).map(lambda s: s == steps).all()
+    for method, seed in finished:
+        expected = fake_exit_losses(method, seed, range(10, 110, 10))
+        run = table[(table["method"] == method) & (table["seed"] == seed)]
+        assert set(run["run_id"]) == {f"0000000{seed}"} and set(run["task"]) == {"synthetic"}
+        for k, layer in enumerate(EXIT_LAYERS, start=1):
+            at_exit = run[run["exit"] == k].sort_values("step")
+            assert at_exit["loss"].tolist() == pytest.approx(expected[k]), (method, seed, k)
+            assert set(at_exit["exit_layer"]) == {layer}
+    # the records were in the training folders, not the calibrated ones
+    trained = partial_grid / "runs" / TRAINED.format(method="mm", seed=1)
+    assert (trained / "members" / "member_3.json").is_file() and not (trained / "cal-pool1000" / "members").exists()
+
+
+def test_training_dynamics_figures_captions_and_section(partial_grid: Path, tmp_path: Path) -> None:
+    index = json.loads((partial_grid / "g" / "figures" / "index.json").read_text())
+    entries = [e for e in index["figures"] if e["section"] == "training_loss"]
+    assert [e["files"] for e in entries] == [["training_loss/synthetic__tiny-bert__b100.png"]]  # one per setting
+    caption = entries[0]["caption"]
+    assert caption.startswith("Training dynamics, synthetic · tiny-bert · 100 training examples (EE 2, SWEET 1, MM 2 "
+                              "seeds): each exit's training loss")
+    assert "one panel per exit (4 exits" in caption and "MM's exit k is its member k" in caption
+    assert "the band is ± 1 standard deviation over seeds" in caption
+    html = (partial_grid / "g" / "report.html").read_text()
+    sections = re.findall(r"<h2>\d+\. ([^<]+)</h2>", html)
+    assert sections.index("Training dynamics") == sections.index("Individual exits") + 1
+    # runs without training records (copied without them): no rows, no figure, no section
+    results = tmp_path / "results"
+    runs = write_fake_grid(results / "runs", tasks=("synthetic",), budgets=(100,), methods=("ee", "mm"), seeds=(1,))
+    for record in [*(results / "runs").rglob("train_metrics.json"), *(results / "runs").rglob("member_*.json")]:
+        record.unlink()
+    aggregate(runs, results / "g" / "tables")
+    assert pd.read_csv(results / "g" / "tables" / "training_loss.csv").empty
+    make_figures(results / "g" / "tables", results / "g" / "figures", formats=("png",))
+    assert not list((results / "g" / "figures" / "training_loss").iterdir())
+    make_report(results / "g" / "tables", results / "g" / "figures", results / "g" / "report.html")
+    assert "Training dynamics" not in (results / "g" / "report.html").read_text()
+
+
 def test_report_is_byte_reproducible(partial_grid: Path, tmp_path: Path) -> None:
     make_report(partial_grid / "g" / "tables", partial_grid / "g" / "figures", tmp_path / "again.html")
     assert (tmp_path / "again.html").read_bytes() == (partial_grid / "g" / "report.html").read_bytes()

@@ -12,6 +12,7 @@ import pytest
 from test_figures import _accuracy, fake_logits, write_fake_run
 
 from sweet.curves import curve_rows, with_meta
+from sweet.exits import EXIT_RULES
 from sweet.operating_points import operating_point_rows
 from sweet.reporting.claims import ClaimSettings, check_claims
 from sweet.reporting.collect import read_table
@@ -20,6 +21,9 @@ from sweet.reporting.report import make_report
 from sweet.reporting.statistics import t_interval
 from sweet.reporting.tables import aggregate
 from sweet.risk import risk_control_rows
+
+# every registered rule except the learned one: these fake runs store no learned-to-exit scores
+RULES = sum(not rule.needs_lte for rule in EXIT_RULES.values())
 
 SEEDS = (1, 2, 3)
 
@@ -53,7 +57,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_envelope_gap_is_the_seed_paired_difference_with_a_t_interval(grid: Path) -> None:
     points = read_table(grid / "tables" / "operating_points.csv")
     gap = read_table(grid / "tables" / "envelope_gap.csv")
-    assert len(points) == 3 * 3 * 3 * 3  # methods × seeds × exit rules (confidence, entropy, patience) × targets
+    assert len(points) == 3 * 3 * RULES * 3  # methods × seeds × exit rules × targets
     row = gap[(gap["method"] == "sweet") & (gap["strategy"] == "confidence") & (gap["target_speedup"] == 2.0)]
     assert len(row) == 1
     mine = points[(points["method"] == "sweet") & (points["strategy"] == "confidence")
@@ -92,7 +96,7 @@ def test_claims_read_the_held_out_points_when_asked(grid: Path) -> None:
 
 def test_risk_tables_figure_and_report_section(grid: Path) -> None:
     risk = read_table(grid / "tables" / "risk_control.csv")
-    assert len(risk) == 3 * 3 * 3 * 2 * 2  # methods × seeds × rules × risks × ε
+    assert len(risk) == 3 * 3 * RULES * 2 * 2  # methods × seeds × rules × risks × ε
     certified = risk[risk["certified"]]
     assert not certified.empty and (certified["upper_bound"] <= certified["epsilon"]).all()
     summary = read_table(grid / "tables" / "risk_control_summary.csv")

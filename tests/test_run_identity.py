@@ -78,6 +78,7 @@ def test_what_changes_numbers_changes_the_run_id_and_nothing_else_does() -> None
     assert base.run_id not in ids.values() and len(set(ids.values())) == len(ids), ids
     same = {
         "grids.one.training.save_steps": 7,  # a checkpoint interval
+        "grids.one.training.report_to": "tensorboard",  # where the training curves are also logged
         "grids.one.training.precision": "bf16",  # no effect on a CPU job
         "grids.one.training.epochs": 8,  # tiny-bert's own 8 epochs, written as an int
         "models.tiny-bert.pooling": "cls",  # BERT's default, written out
@@ -92,8 +93,19 @@ def test_what_changes_numbers_changes_the_run_id_and_nothing_else_does() -> None
     # calibration names the subfolder, not the run
     calibrated = one_run_with(calibration_size=500)
     assert calibrated.run_id == base.run_id and calibrated.calibrated_dir == f"{base.dir}/cal-pool500"
-    reference = one_run_with(calibrate_on="eval", **{"risk_control.enabled": False})  # no guarantee on eval
-    assert reference.calibrated_dir == f"{base.dir}/cal-eval"
+    # (calibrating on the evaluation set voids risk control's guarantee: the configuration turns it off to ask)
+    eval_calibrated = one_run_with(calibrate_on="eval", **{"risk_control.enabled": False})
+    assert eval_calibrated.calibrated_dir == f"{base.dir}/cal-eval"
+
+
+def test_report_to_is_operational_for_every_method() -> None:
+    """Where the training curves are also logged (training.report_to) changes no number: no method's run id."""
+    for method in ("ee", "sweet", "mm"):
+        base = one_run_with(**{"grids.one.methods": [method]})
+        for report_to in ("tensorboard", "wandb", "mlflow"):
+            run = one_run_with(**{"grids.one.methods": [method], "grids.one.training.report_to": report_to})
+            assert run.run_id == base.run_id and run.settings == base.settings, (method, report_to)
+            assert "report_to" not in run.identity["training"]
 
 
 def test_options_a_method_ignores_are_not_its_identity() -> None:

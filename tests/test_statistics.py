@@ -273,7 +273,7 @@ def test_aggregate_cli_writes_every_table(tmp_path: Path) -> None:
                      "individual_exits_summary.md", "individual_exits_summary.tex", "speedup_summary.csv",
                      "auc_summary.csv", "oracle_summary.csv", "pairwise_summary.csv", "gradient_conflict.csv",
                      "gradient_conflict_summary.csv", "gradient_conflict_by_step.csv", "claims.csv", "claims.md",
-                     "runs.csv", "missing_runs.txt", "status.txt", "grid.json",
+                     "runs.csv", "missing_runs.txt", "status.txt", "grid.json", "training_loss.csv",
                      # held-out operating points and risk control (empty here: these runs have neither CSV)
                      "claims_operating_points.csv", "operating_points.csv", "envelope_gap.csv", "risk_control.csv",
                      "risk_control_summary.csv"}

@@ -5,6 +5,7 @@ refusing to start when the registry lets gradient leak across an exit boundary.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -73,3 +74,64 @@ def test_sweet_training_stops_before_the_first_step_when_gradient_leaks(rows, tm
     assert steps.by_step == {} and not (tmp_path / "sweet").exists() and not (tmp_path / "work").exists()
     record = train(rows, 2, str(tmp_path / "backbone"), [1, 3], "ee", 0, spec, tmp_path / "ee", tmp_path / "work")
     assert record["global_steps"] == 5
+
+
+# ---------------------------------------------------------------------------------------------- training.report_to
+@pytest.mark.parametrize("report_to", ["tensorboard", "wandb", "mlflow"])
+def test_report_to_reaches_the_training_arguments(report_to, tmp_path):
+    from sweet.train import training_arguments
+
+    spec = TrainSpec.from_dict({"report_to": report_to})
+    assert training_arguments(spec, 0, tmp_path, 10, on_gpu=False).report_to == [report_to]
+    assert training_arguments(TrainSpec(), 0, tmp_path, 10, on_gpu=False).report_to == []  # none: no integration
+
+
+def test_report_to_outside_the_integrations_is_a_user_error():
+    with pytest.raises(UserError, match=r"^training\.report_to: 'comet' is not one of none, tensorboard, wandb"):
+        TrainSpec.from_dict({"report_to": "comet"})
+
+
+def test_a_missing_tracking_package_fails_in_one_line_before_anything_loads(rows, tmp_path, monkeypatch):
+    import sweet.train
+
+    real = sweet.train.importlib.util.find_spec
+    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: None if name == "wandb"
+                        else real(name, *a))
+    spec = TrainSpec(report_to="wandb")
+    # the backbone does not exist either: the tracking package is checked first, so its message is the one seen
+    with pytest.raises(UserError) as info:
+        train(rows, 2, str(tmp_path / "no-backbone"), [1, 3], "ee", 0, spec, tmp_path / "model", tmp_path / "work")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("training.report_to: wandb") and "pip install wandb" in message
+    sweet.train.require_tracking_package("none")  # nothing to install
+    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: None)  # nothing installed
+    with pytest.raises(UserError, match=r"^training\.report_to: tensorboard needs .*`pip install tensorboard`"):
+        sweet.train.require_tracking_package("tensorboard")
+    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboardX"
+                        else None)
+    sweet.train.require_tracking_package("tensorboard")  # the Trainer writes through tensorboardX then
+
+
+def test_tracking_logs_beside_the_model_and_offline(tmp_path, monkeypatch):
+    from sweet.train import tracking_dir, tracking_environment
+
+    run = tmp_path / "run"
+    assert tracking_dir(run / "model") == run / "tracking"
+    assert tracking_dir(run / "model" / "member_2", member=2) == run / "tracking" / "member_2"
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "TENSORBOARD_LOGGING_DIR", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    with tracking_environment("wandb", run / "tracking"):
+        assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(run / "tracking")
+    assert "WANDB_MODE" not in os.environ and "WANDB_DIR" not in os.environ  # restored: nothing leaks to the next run
+    monkeypatch.setenv("WANDB_MODE", "online")  # the user's own choice is kept
+    with tracking_environment("wandb", run / "tracking"):
+        assert os.environ["WANDB_MODE"] == "online"
+    assert os.environ["WANDB_MODE"] == "online"
+    with tracking_environment("tensorboard", run / "tracking"):
+        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(run / "tracking" / "tensorboard")
+    with tracking_environment("mlflow", run / "tracking"):
+        assert os.environ["MLFLOW_TRACKING_URI"] == (run / "tracking" / "mlruns").as_uri()  # a local file store
+    with tracking_environment("none", tmp_path / "unused"):
+        pass
+    assert not (tmp_path / "unused").exists()

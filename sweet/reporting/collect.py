@@ -22,6 +22,8 @@ GROUP_KEYS = ["task", "model", "budget"]  # a setting: one speed–accuracy figu
 CURVE_COLUMNS = [*RUN_KEYS, "strategy", "threshold", "score", "metric", "speedup", "layer_fraction", "flops_fraction"]
 EXIT_COLUMNS = [*RUN_KEYS, "exit", "exit_layer", "score", "metric"]
 CONFLICT_COLUMNS = [*RUN_KEYS, "step", "block", "exit", "other", "cosine"]
+# Each exit's training loss at each logging step, from the runs' training records (MM: member k is exit k)
+TRAINING_LOSS_COLUMNS = [*RUN_KEYS, "run_id", "step", "exit", "exit_layer", "loss"]
 # Per run, beside logits.npz (python -m sweet operating-points; runs finished before it existed have neither)
 OPERATING_POINT_COLUMNS = [*RUN_KEYS, "strategy", "target_speedup", "threshold", "calibration_speedup",
                            "calibration_score", "eval_speedup", "eval_score", "envelope_score"]
@@ -92,6 +94,7 @@ class Collected:
     runs: pd.DataFrame
     operating_points: pd.DataFrame = field(default_factory=lambda: empty_frame(OPERATING_POINT_COLUMNS))
     risk_control: pd.DataFrame = field(default_factory=lambda: empty_frame(RISK_CONTROL_COLUMNS))
+    training_loss: pd.DataFrame = field(default_factory=lambda: empty_frame(TRAINING_LOSS_COLUMNS))
 
     @property
     def missing(self) -> pd.DataFrame:
@@ -126,6 +129,7 @@ def collect(
     curves, exits, conflicts, statuses = [], [], [], []
     points: list[pd.DataFrame] = []
     risks: list[pd.DataFrame] = []
+    losses: list[pd.DataFrame] = []
     for run in dirs:
         status = run_status(run, logs_root, expected.get(run.as_posix()))
         identity = _identity_from_path(run, model_names or {})
@@ -143,6 +147,7 @@ def collect(
             if not run_exits.empty:
                 identity.update({k: run_exits[k].iloc[0] for k in [*RUN_KEYS, *SETTINGS_KEYS]
                                  if k in run_exits.columns})
+            losses.append(training_loss_rows(run, {k: identity[k] for k in [*RUN_KEYS, "run_id"]}))
         statuses.append(_status_row(run, status, identity))
     curves_df = _concat(curves, CURVE_COLUMNS)
     exits_df = _concat(exits, EXIT_COLUMNS)
@@ -159,7 +164,26 @@ def collect(
         operating_points=sort_frame(_concat(points, OPERATING_POINT_COLUMNS),
                                     [*RUN_KEYS, "strategy", "target_speedup"]),
         risk_control=sort_frame(_concat(risks, RISK_CONTROL_COLUMNS), [*RUN_KEYS, "strategy", "risk", "epsilon"]),
+        training_loss=sort_frame(_concat(losses, TRAINING_LOSS_COLUMNS), [*RUN_KEYS, "exit", "step"]),
     )
+
+
+def training_loss_rows(run: str | Path, meta: dict) -> pd.DataFrame:
+    """One row per logging step × exit of a run's training: each exit's mean training loss over the steps since
+    the previous log (``loss_exit_<k>`` in the Trainer's log history, ``sweet.train.ExitTrainer.log``).
+
+    EE/SWEET: the run's ``train_metrics.json``; MM: ``members/member_<k>.json``, whose single exit is the model's
+    exit k. A run without a training record (hand-made, or copied without it) has no rows.
+    """
+    members = sorted((training_dir(run) / "members").glob("member_*.json"), key=_member_index)
+    rows = []
+    if members:
+        for path in members:
+            record = _read_record(path)
+            rows += _loss_rows(record, meta, member=int(record.get("member") or _member_index(path)))
+    elif run_file(run, "train_metrics.json").is_file():
+        rows = _loss_rows(_read_record(run_file(run, "train_metrics.json")), meta)
+    return pd.DataFrame(rows, columns=TRAINING_LOSS_COLUMNS) if rows else empty_frame(TRAINING_LOSS_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -201,6 +225,40 @@ def _identity_from_path(run: Path, model_names: dict[str, str]) -> dict:
     return {"task": parts[0], "model": model_names.get(parts[1], parts[1]), "budget": int(match["budget"]),
             "method": match["method"], "seed": int(match["seed"]), "run_id": match["run_id"] or "",
             "settings": "", "calibration": calibration}
+
+
+def _member_index(path: Path) -> int:
+    match = re.fullmatch(r"member_(\d+)\.json", path.name)
+    return int(match.group(1)) if match else 0
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable training record ({err}); rerun the run's training") from None
+    return record if isinstance(record, dict) else {}
+
+
+_EXIT_LOSS = re.compile(r"^loss_exit_(\d+)$")
+
+
+def _loss_rows(record: dict, meta: dict, member: int | None = None) -> list[dict]:
+    """The record's ``loss_exit_<j>`` entries as rows; an MM member's only exit (j = 1) is the model's exit
+    ``member``. Entries without them (the end-of-training summary, runs from before per-exit logs) add nothing."""
+    layers = record.get("exit_layers") or []
+    rows = []
+    for entry in record.get("log_history") or []:
+        if "step" not in entry:
+            continue
+        for key, loss in entry.items():
+            match = _EXIT_LOSS.match(key)
+            if match is None or loss is None:
+                continue
+            k = member if member is not None else int(match.group(1))
+            rows.append({**meta, "step": int(entry["step"]), "exit": k,
+                         "exit_layer": int(layers[k - 1]) if len(layers) >= k else None, "loss": float(loss)})
+    return rows
 
 
 def _status_row(run: Path, status: RunStatus, identity: dict) -> dict:

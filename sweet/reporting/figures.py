@@ -12,6 +12,8 @@ the report.
   std over seeds.
 * ``risk_control/<task>__<model>__b<budget>.{png,pdf}``: the evaluation speedup of the risk-controlled
   threshold against the tolerance ε, one panel per risk, one line per method.
+* ``training_loss/<task>__<model>__b<budget>.{png,pdf}``: each exit's training loss over optimizer steps, one
+  panel per exit, one line per method = mean over seeds, band = ± one std (MM: exit k is member k).
 * ``gradient_conflict/<task>__<model>__b<budget>.{png,pdf}`` (runs with the probe only): block × exit heat map
   of the mean cosine (seeds and steps pooled) and the cosine of block k's own-exit gradient with the sum of the
   later exits' gradients over training steps.
@@ -34,6 +36,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from sweet.exits import EXIT_RULES
 from sweet.io import atomic_dir, atomic_path, write_json, write_text
 from sweet.reporting.collect import GROUP_KEYS, RUN_KEYS, display_name, methods_in_order, read_table
 from sweet.reporting.statistics import gradient_conflict_summary, interpolate_curve
@@ -43,8 +46,7 @@ PALETTE = {"ee": "#0072B2", "sweet": "#D55E00", "mm": "#009E73"}
 MARKERS = {"ee": "o", "sweet": "s", "mm": "^"}
 EXTRA_COLOURS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 ORACLE_COLOUR = "#6E6E6E"
-STRATEGY_NAMES = {"confidence": "confidence", "entropy": "entropy", "patience": "patience",
-                  "learned": "learned-to-exit"}
+STRATEGY_NAMES = {name: rule.label for name, rule in EXIT_RULES.items()}  # in the registry's order
 SPEEDUP_LABEL = "Speedup (×, full-model layers / layers used)"
 GRID_POINTS = 160
 RC = {
@@ -245,7 +247,7 @@ def _strategies(block: pd.DataFrame) -> list[str]:
 
 
 def speed_accuracy_allrules_figure(block: pd.DataFrame) -> Figure | None:
-    """One panel per exit rule (confidence, entropy, patience, learned) for one task × model × budget."""
+    """One panel per exit rule (sweet.exits.EXIT_RULES) for one task × model × budget."""
     strategies = _strategies(block)
     if not strategies:
         return None
@@ -403,6 +405,62 @@ def gradient_conflict_figure(block: pd.DataFrame) -> Figure | None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# training dynamics
+
+
+def _training_loss_stats(block: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of each method's exit loss at each logged step."""
+    return (block.dropna(subset=["loss"]).groupby(["method", "exit", "step"], sort=True)
+            .agg(mean=("loss", "mean"), std=("loss", "std"), layer=("exit_layer", "first"), n=("seed", "nunique"))
+            .reset_index())
+
+
+def _exit_title(exit_index: int, layer: object) -> str:
+    return f"exit {exit_index}" + ("" if pd.isna(layer) else f" (after layer {int(layer)})")
+
+
+def training_loss_figure(block: pd.DataFrame) -> Figure | None:
+    """One task × model × budget: each exit's training loss over optimizer steps, one panel per exit (shared
+    axes, so exits compare at a glance), one line per method = mean over seeds, band = ± one std."""
+    stats = _training_loss_stats(block)
+    if stats.empty:
+        return None
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    exits = sorted(stats["exit"].unique())
+    ncols = min(len(exits), 4)
+    nrows = math.ceil(len(exits) / ncols)
+    fig = _new_figure(3.0 * ncols + 0.4, 2.6 * nrows + 0.9)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    methods = _methods(stats)
+    for ax, exit_index in zip(axes.flat, exits):
+        at_exit = stats[stats["exit"] == exit_index]
+        for method in methods:
+            s = at_exit[at_exit["method"] == method]
+            if s.empty:
+                continue
+            c = colour(method)
+            ax.plot(s["step"], s["mean"], color=c, lw=1.6, zorder=3)
+            if s["std"].notna().any():
+                ax.fill_between(s["step"], s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0),
+                                color=c, alpha=0.18, lw=0, zorder=2)
+        ax.set_title(_exit_title(exit_index, at_exit["layer"].dropna().iloc[0] if at_exit["layer"].notna().any()
+                                 else None))
+        ax.grid(True, lw=0.5, alpha=0.5)
+    for ax in axes.flat[len(exits):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    for row in axes:
+        row[0].set_ylabel("training loss")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour(m), lw=1.6, label=display_name(m)) for m in methods]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle(f"Training loss per exit · {_title(task, model, budget)}; {_seeds_phrase(block, 'band')}")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
 # risk control
 
 RISK_NAMES = {"disagreement": "disagreement with the last exit", "accuracy-drop": "accuracy drop vs. the last exit"}
@@ -545,6 +603,19 @@ def individual_exits_caption(block: pd.DataFrame) -> str:
             f"{_spread(block, 'error bar')} (methods are offset sideways so bars do not overlap).")
 
 
+def training_loss_caption(block: pd.DataFrame) -> str:
+    task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
+    block = block.dropna(subset=["loss"])
+    exits = block["exit"].nunique()
+    text = (f"Training dynamics, {_title(task, model, budget)} ({_seed_counts(block)}): each exit's training loss "
+            "(cross-entropy on the training batches, plus the learned-to-exit term when learned_exit is on; the mean "
+            f"over each logging interval) against the optimizer step, one panel per exit ({_plural(exits, 'exit')}, "
+            f"shared axes). Lines: mean over seeds; {_spread(block, 'band')}.")
+    if "mm" in set(block["method"]):
+        text += " MM's exit k is its member k, a separate model trained alone on the same examples."
+    return text
+
+
 def gradient_conflict_caption(block: pd.DataFrame) -> str:
     task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
     block = block.dropna(subset=["cosine"])
@@ -562,7 +633,7 @@ def gradient_conflict_caption(block: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # entry point
 
-SECTIONS = ("speed_accuracy", "individual_exits", "gradient_conflict", "risk_control")
+SECTIONS = ("speed_accuracy", "individual_exits", "training_loss", "gradient_conflict", "risk_control")
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -607,6 +678,10 @@ def make_figures(
         if exits is not None:
             for key, block in _blocks(exits):
                 save(individual_exits_figure(block), "individual_exits", _stem(*key), individual_exits_caption(block))
+        losses = _read(tables / "training_loss.csv")
+        if losses is not None:
+            for key, block in _blocks(losses):
+                save(training_loss_figure(block), "training_loss", _stem(*key), training_loss_caption(block))
         conflicts = _read(tables / "gradient_conflict.csv")
         if conflicts is not None:
             for key, block in _blocks(conflicts):

@@ -162,6 +162,14 @@ def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strat
             "gradients pull the early layers away from what the early exits need; MM's members and SWEET's blocks "
             "learn from their own exit only. The paper finds both above EE, most clearly at the early exits."],
             "tables": blocks, "figures": by_section.get("individual_exits", [])})
+    if "training_loss" in by_section:
+        sections.append({"title": "Training dynamics", "intro": [
+            "Each exit's training loss over the optimizer steps, as logged during fine-tuning "
+            "(tables/training_loss.csv). EE trains every exit through the shared layers at once, so an early exit's "
+            "loss also moves with what the later exits ask of those layers; SWEET's blocks learn from their own exit "
+            "only, and MM's members are separate models. These are losses on the training batches, not scores: "
+            "the individual exits' evaluation scores are above."],
+            "tables": [], "figures": by_section["training_loss"]})
     if "speed_accuracy" in by_section:
         auc = read_table(tables / "auc_summary.csv")
         sections.append({"title": "Speed–accuracy trade-off", "intro": [

@@ -195,6 +195,7 @@ TABLES: dict[str, Builder] = {
     "curves.csv": lambda i: i.collected.curves,
     "individual_exits.csv": lambda i: i.collected.exits,
     "gradient_conflict.csv": lambda i: i.collected.conflict,
+    "training_loss.csv": lambda i: i.collected.training_loss,
     "individual_exits_summary.csv": lambda i: individual_exits_summary(i.collected.exits),
     "individual_exits_summary.md": lambda i: individual_exits_markdown(i.collected.exits, i.notice),
     "individual_exits_summary.tex": lambda i: individual_exits_latex(i.collected.exits),
