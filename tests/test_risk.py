@@ -121,7 +121,8 @@ def test_chosen_threshold_passes_every_test_before_it_and_the_next_one_fails() -
 
     calibration, evaluation = synthetic_logits(300, 1), synthetic_logits(600, 2)  # 300: ε = 0.005 cannot pass
     rows = risk_control_rows(calibration, evaluation, ["accuracy"], "accuracy", _accuracy, delta=0.1)
-    assert len(rows) == 3 * 2 * 4  # confidence, entropy, patience × 2 risks × 4 ε (no learned-exit scores)
+    rules = [name for name, rule in EXIT_RULES.items() if not rule.needs_lte]  # no learned-exit scores here
+    assert len(rows) == len(rules) * 2 * 4  # every rule × 2 risks × 4 ε
     assert rows["certified"].any() and not rows["certified"].all()
     probs = calibrated_probs(calibration["exit_logits"])
     preds = probs.argmax(axis=-1)
