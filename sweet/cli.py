@@ -41,16 +41,6 @@ def _layers_arg(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{value}' must be comma-separated layer counts, e.g. 1,4,6,12") from None
 
 
-def _speedups_arg(value: str) -> list[float]:
-    try:
-        speedups = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of numbers") from None
-    if not speedups or any(s <= 0 for s in speedups):
-        raise argparse.ArgumentTypeError("give positive numbers, e.g. 1.5,2,3")
-    return speedups
-
-
 def _meta_arg(value: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key:
@@ -399,6 +389,9 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # one parser for lists of speedups: the tables' and the operating points'
+    from sweet.reporting.cli import _speedups_arg, add_cli
+
     parser = _OneLineParser(prog="python -m sweet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
@@ -565,7 +558,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="predictions TSV to write (default: stdout)")
     p.set_defaults(func=cmd_predict)
 
-    from sweet.reporting.cli import add_cli
 
     add_cli(sub)
     return parser

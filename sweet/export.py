@@ -181,13 +181,18 @@ def _threshold_of(row: dict[str, str], path: Path, flag: str) -> float:
     return threshold
 
 
+def _rows_of_rule(rows: list[dict], path: Path, strategy: str) -> list[dict]:
+    """The policy table's rows of one exit rule; a one-line error naming the rules it has when there are none."""
+    found = [r for r in rows if r["strategy"] == strategy]
+    if not found:
+        raise UserError(f"--strategy: {path} has no rows of exit rule '{strategy}' (it has "
+                        f"{', '.join(sorted({r['strategy'] for r in rows})) or 'none'})")
+    return found
+
+
 def held_out_row(path: Path, request: PolicyRequest) -> tuple[float, dict[str, Any]]:
     """The threshold chosen on the calibration split for ``request.target_speedup`` (operating_points.csv)."""
-    rows = _read_table(path, "--operating-points", OPERATING_COLUMNS)
-    of_rule = [r for r in rows if r["strategy"] == request.strategy]
-    if not of_rule:
-        raise UserError(f"--strategy: {path} has no rows of exit rule '{request.strategy}' (it has "
-                        f"{', '.join(sorted({r['strategy'] for r in rows})) or 'none'})")
+    of_rule = _rows_of_rule(_read_table(path, "--operating-points", OPERATING_COLUMNS), path, request.strategy)
     found = [r for r in of_rule if _close(_number(r["target_speedup"]), float(request.target_speedup))]
     if not found:
         raise UserError(f"--target-speedup: {request.target_speedup:g} is not a target of {path} for '{request.strategy}' "
@@ -200,11 +205,7 @@ def held_out_row(path: Path, request: PolicyRequest) -> tuple[float, dict[str, A
 
 def risk_control_row(path: Path, request: PolicyRequest) -> tuple[float, dict[str, Any]]:
     """The risk-controlled threshold for (rule, risk, ε, δ) (risk_control.csv); δ may be left out when unique."""
-    rows = _read_table(path, "--risk-control", RISK_COLUMNS)
-    found = [r for r in rows if r["strategy"] == request.strategy]
-    if not found:
-        raise UserError(f"--strategy: {path} has no rows of exit rule '{request.strategy}' (it has "
-                        f"{', '.join(sorted({r['strategy'] for r in rows})) or 'none'})")
+    found = _rows_of_rule(_read_table(path, "--risk-control", RISK_COLUMNS), path, request.strategy)
     by_risk = [r for r in found if r["risk"] == request.risk]
     if not by_risk:
         raise UserError(f"--risk: {path} has no '{request.risk}' rows for '{request.strategy}' (risks: "
