@@ -18,7 +18,8 @@ def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict) -> None:
-    loss = model(**batch).loss
+    out = model(**batch)
+    loss = out.loss if hasattr(out, "loss") and out.loss is not None else out.exit_losses.sum()
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ import torch
 
 from sweet.backbones import backbone_spec
 from sweet.errors import UserError
+from sweet.methods import boundary_scales
 from sweet.model import EarlyExitModel
 
 
@@ -81,8 +82,9 @@ def require_separation(model: EarlyExitModel, report: dict) -> None:
     """Refuse a SWEET model whose audit finds a parameter reached by two exits that nothing declares shared: its
     exits' gradients would mix, so the run would not be SWEET (a registry entry hooks the wrong module, or misses
     a module the encoder applies between layers, or a table every layer reads)."""
-    if model.config.method != "sweet":
-        return
+    scales = boundary_scales(model.config.method, model.num_exits, model.config.method_options)
+    if any(onward for _, onward in scales[:-1]):
+        return  # gradient crosses some exit boundary by design: nothing to enforce
     allowed = declared_shared(model)
     leaks = {name: exits for name, exits in report["shared"].items() if name not in allowed}
     if not leaks:
@@ -91,8 +93,8 @@ def require_separation(model: EarlyExitModel, report: dict) -> None:
     model_type = model.backbone.config.model_type
     more = f" (and {len(leaks) - 1} more parameters)" if len(leaks) > 1 else ""
     raise UserError(
-        f"sweet: parameter '{name}' receives gradient from exits {', '.join(map(str, exits))}{more}, so SWEET's "
-        f"blocks are not separated; fix sweet.backbones.BACKBONES['{model_type}'] (layers / after_first_layer "
+        f"{model.config.method}: parameter '{name}' receives gradient from exits {', '.join(map(str, exits))}{more}, "
+        f"so the method's blocks are not separated; fix sweet.backbones.BACKBONES['{model_type}'] (layers / after_first_layer "
         "must name the modules whose outputs are the exits' hidden states; a parameter every layer reads belongs "
         "in shared_across_layers)"
     )

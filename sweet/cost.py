@@ -25,13 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from sweet import methods
+
 NORM_FLOPS = 5  # per normalised value: mean, variance, subtract, divide, scale (and shift)
 
 
 def layer_costs(exit_layers: list[int] | np.ndarray, method: str) -> np.ndarray:
     """Layers computed when an example leaves at each exit."""
     layers = np.asarray(exit_layers, dtype=np.int64)
-    return np.cumsum(layers) if method == "mm" else layers
+    return np.cumsum(layers) if methods.get(method).per_exit else layers
 
 
 def layer_fraction(exit_index: np.ndarray, costs: np.ndarray, full_depth: int) -> float:
@@ -159,7 +161,7 @@ def flops_fraction(
     head = head_flops(n, shape)
     cumulative = cumulative_layer_flops(n, shape, int(exit_layers[-1]))
     through_exit = cumulative[exit_layers]  # [E, N]: layers up to each exit
-    if method == "mm":
+    if methods.get(method).per_exit:
         # Member j runs its own embeddings, its L_j layers and its head; leaving at member k ran members 1..k.
         members = np.cumsum(embed + through_exit + head, axis=0)
         adaptive = members[exit_index, columns]

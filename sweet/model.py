@@ -44,10 +44,11 @@ from sweet.backbones import (
     resolve_pooling,
 )
 from sweet.errors import UserError
+from sweet.methods import boundary_scales, names, resolve_options
 
 CONFIG_NAME = "sweet_config.json"
 HEADS_NAME = "exit_heads.safetensors"
-METHODS = ("ee", "sweet")
+METHODS = names(layout="joint")  # every method that trains all exits of one encoder (sweet.methods)
 
 
 @dataclass
@@ -56,7 +57,10 @@ class EarlyExitConfig:
 
     exit_layers: list[int]
     num_labels: int
-    method: str = "ee"  # "ee": exits share gradients; "sweet": each block is trained by its own exit only
+    # a joint-layout method of sweet.methods: it says how gradient crosses each exit boundary (EE shares it, SWEET
+    # cuts it, …); its options (e.g. partial separation's α) are in method_options
+    method: str = "ee"
+    method_options: dict[str, float] = field(default_factory=dict)
     shared_pooler: bool = False  # True reproduces the reference: one [CLS] pooler shared by all exits
     learned_exit: bool = False  # add a learned-to-exit head per exit (BERxiT's LTE, the reference's `lte` rule)
     classifier_dropout: float | None = None  # None: what the stock classifier of this architecture uses
@@ -71,6 +75,7 @@ class EarlyExitConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"method: '{self.method}' is not an early-exit method; use one of {', '.join(METHODS)}")
+        self.method_options = resolve_options(self.method, self.method_options)
         if not isinstance(self.num_labels, int) or self.num_labels < 2:
             raise UserError(f"num_labels: {self.num_labels!r} must be an integer ≥ 2")
 
@@ -88,10 +93,32 @@ class EarlyExitConfig:
 class ExitOutput(ModelOutput):
     """What both EarlyExitModel and MultiModel return."""
 
-    loss: torch.Tensor | None = None
     exit_logits: torch.Tensor | None = None  # [num_exits, batch, num_labels]
-    exit_losses: torch.Tensor | None = None  # [num_exits] cross-entropy of each exit (labels given)
+    # [num_exits] each exit's own loss (labels given); how a method combines them is the training's (sweet.losses)
+    exit_losses: torch.Tensor | None = None
     lte_scores: torch.Tensor | None = None  # [num_exits, batch] learned-to-exit probabilities
+
+
+class ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient flowing back is multiplied by ``scale`` (exact forward values)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` with its backward gradient scaled: 1 is ``x`` itself, 0 is ``x.detach()``."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return ScaleGradient.apply(x, scale)
 
 
 class StopForward(Exception):
@@ -373,17 +400,20 @@ class EarlyExitModel(nn.Module):
     ) -> ExitOutput:
         hidden_at_exit: list[torch.Tensor] = []
         last = self.num_exits - 1
-        detach = self.config.method == "sweet"
+        # (into the head, into the later layers): how the method's gradient crosses each exit (sweet.methods)
+        scales = boundary_scales(self.config.method, self.num_exits, self.config.method_options)
 
         def make_hook(k: int):
+            head_scale, onward_scale = scales[k]
+
             def hook(module: nn.Module, args: Any, output: Any) -> Any:
                 hidden = output[0] if isinstance(output, tuple) else output
-                hidden_at_exit.append(hidden)
+                hidden_at_exit.append(scale_gradient(hidden, head_scale))
                 if k == last:
                     raise StopForward
-                if detach:
-                    cut = hidden.detach()
-                    return (cut, *output[1:]) if isinstance(output, tuple) else cut
+                if onward_scale != 1.0:
+                    onward = scale_gradient(hidden, onward_scale)
+                    return (onward, *output[1:]) if isinstance(output, tuple) else onward
                 return None
 
             return hook
@@ -400,11 +430,8 @@ class EarlyExitModel(nn.Module):
         outputs = [self.exit_head(k, hidden, attention_mask) for k, hidden in enumerate(hidden_at_exit)]
         exit_logits = torch.stack([logits for logits, _ in outputs])
         lte_scores = torch.stack([lte for _, lte in outputs]) if self.lte_heads is not None else None
-        loss = exit_losses = None
-        if labels is not None:
-            exit_losses = exit_loss_terms(exit_logits, labels, lte_scores)
-            loss = exit_losses.sum()  # the reference's unweighted sum
-        return ExitOutput(loss=loss, exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte_scores)
+        exit_losses = exit_loss_terms(exit_logits, labels, lte_scores) if labels is not None else None
+        return ExitOutput(exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte_scores)
 
 
 def exit_loss_terms(exit_logits: torch.Tensor, labels: torch.Tensor, lte_scores: torch.Tensor | None) -> torch.Tensor:

@@ -148,11 +148,8 @@ class MemberModel(nn.Module):
             # The last hidden state is the stock one (after the final norm where the architecture has one).
             pooled = pool(out.hidden_states[-1], attention_mask, self.pooling).detach()
             lte = torch.sigmoid(self.lte_head(pooled)).squeeze(-1).unsqueeze(0)
-        loss = exit_losses = None
-        if labels is not None:
-            exit_losses = exit_loss_terms(exit_logits, labels, lte)
-            loss = exit_losses.sum()
-        return ExitOutput(loss=loss, exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte)
+        exit_losses = exit_loss_terms(exit_logits, labels, lte) if labels is not None else None
+        return ExitOutput(exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte)
 
 
 def stock_pooling(config: Any) -> str:
@@ -225,8 +222,7 @@ class MultiModel(nn.Module):
         exit_logits = torch.cat([o.exit_logits for o in outs])
         lte = torch.cat([o.lte_scores for o in outs]) if all(o.lte_scores is not None for o in outs) else None
         exit_losses = torch.cat([o.exit_losses for o in outs]) if labels is not None else None
-        loss = exit_losses.sum() if exit_losses is not None else None
-        return ExitOutput(loss=loss, exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte)
+        return ExitOutput(exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte)
 
 
 def write_multimodel_config(folder: Path, member_names: list[str], exit_layers: list[int]) -> dict:

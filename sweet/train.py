@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,14 @@ from transformers import (
     set_seed,
 )
 
+from sweet import methods
 from sweet.audit import require_separation, separation_audit
 from sweet.backbones import embedding_module, first_layer_extra
 from sweet.batches import encode
 from sweet.config import REPORT_TO_PACKAGES
 from sweet.errors import UserError
 from sweet.io import atomic_dir, write_csv, write_json
+from sweet.losses import method_loss
 from sweet.model import EarlyExitModel, exit_loss_terms
 from sweet.multimodel import MemberModel
 from sweet.provenance import provenance
@@ -137,10 +141,13 @@ CONFLICT_ROWS = "gradient_conflict_rows.json"
 
 
 class ExitTrainer(Trainer):
-    """The stock Trainer, plus each exit's loss in the logs and the optional gradient-conflict probe."""
+    """The stock Trainer minimising a method's loss (``sweet.losses``) over the model's per-exit losses, plus each
+    exit's loss in the logs and the optional gradient-conflict probe."""
 
-    def __init__(self, *args: Any, conflict_every: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss: Callable[..., torch.Tensor] | None = None, conflict_every: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.loss = loss or (lambda exit_losses, **_: exit_losses.sum())
         self.conflict_every = conflict_every
         self.conflict_rows: list[dict] = []
         self._exit_loss_sum: torch.Tensor | None = None
@@ -153,10 +160,12 @@ class ExitTrainer(Trainer):
             self._probed_step = step
             self.conflict_rows += gradient_conflict(self.accelerator.unwrap_model(model), inputs, step)
         outputs = model(**inputs)
+        loss = self.loss(exit_losses=outputs.exit_losses, exit_logits=outputs.exit_logits, labels=inputs["labels"],
+                         step=step)
         losses = outputs.exit_losses.detach().float()
         self._exit_loss_sum = losses if self._exit_loss_sum is None else self._exit_loss_sum + losses
         self._exit_loss_batches += 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._exit_loss_batches and "loss" in logs:
@@ -315,45 +324,36 @@ def train(
     pooling: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
     tracking: str | Path | None = None,
+    method_options: dict[str, float] | None = None,
 ) -> dict:
     """Fine-tune on ``rows`` and write the model to ``out``; returns the training record for the metrics file.
 
+    The method (``sweet.methods``) says how: its stages run in order, each a Trainer run minimising the stage's
+    loss (``sweet.losses``) over the parameters it trains; ``method_options`` are the method's options.
     ``tracking``: where ``spec.report_to``'s integration logs (default ``tracking_dir(out, member)``).
-
     ``pooling``: how every exit (and each MM member) pools the hidden states; None is the architecture's default.
     ``backbone`` is a local folder (a hub id is resolved to its cached snapshot first: ``sweet.hub``). A job killed
-    or signalled mid-training resumes from the newest complete checkpoint in ``work_dir`` when rerun; on SIGTERM
-    or SIGUSR1 it saves one first and raises ``TrainingInterrupted``.
+    or signalled mid-training resumes from the newest complete checkpoint in ``work_dir`` when rerun (of the stage
+    it was in: a finished stage is kept in ``work_dir`` and never redone); on SIGTERM or SIGUSR1 it saves one
+    first and raises ``TrainingInterrupted``.
     """
     require_tracking_package(spec.report_to)  # before anything slow: a missing package is a one-line fix
+    recipe = methods.get(method)
+    options = methods.resolve_options(method, method_options, "--method-options")
     set_seed(seed)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(backbone)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"backbone: cannot load a tokenizer from '{backbone}' ({str(err).splitlines()[0]}); give a local model "
-            "folder with its tokenizer files, or a Hugging Face hub id"
-        ) from None
-    tokenizer.model_max_length = spec.max_length  # saved with the model, so evaluation truncates the same way
-    # Evaluation pads on the right (sweet.batches); training does too, so an example's positions never depend on
-    # its batch (models with absolute positions would shift under left padding, which decoder tokenizers default to).
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise UserError(f"backbone: the tokenizer of '{backbone}' has no pad or end-of-sequence token to pad with")
-        tokenizer.pad_token = tokenizer.eos_token  # decoders often ship without one; pooling reads the mask
-    if method == "mm":
+    tokenizer = training_tokenizer(backbone, spec.max_length)
+    if recipe.per_exit:
         if member is None or not 1 <= member <= len(exit_layers):
-            raise UserError(f"--member: MM trains one member at a time; give 1..{len(exit_layers)}")
+            raise UserError(f"--member: {method} trains one member at a time; give 1..{len(exit_layers)}")
         model: nn.Module = MemberModel.from_checkpoint(
             backbone, num_labels, exit_layers[member - 1], spec.learned_exit, pooling, tokenizer.pad_token_id
         )
     else:
         if member is not None:
-            raise UserError("--member: only MM (--method mm) has members")
+            raise UserError(f"--member: only per-exit methods ({', '.join(methods.names('per-exit'))}) have members")
         model = EarlyExitModel.from_pretrained(
             backbone, num_labels=num_labels, exit_layers=exit_layers, method=method, pooling=pooling,
-            shared_pooler=spec.shared_pooler, learned_exit=spec.learned_exit,
+            shared_pooler=spec.shared_pooler, learned_exit=spec.learned_exit, method_options=options,
         )
     audit = None
     if isinstance(model, EarlyExitModel):
@@ -362,16 +362,131 @@ def train(
         require_separation(model, audit)  # before the first step: a leaking SWEET run is not worth its GPU hours
 
     features = encode(rows, tokenizer, spec.max_length)
+    work_dir = Path(work_dir)
+    history: list[dict] = []
+    conflict_rows: list[dict] = []
+    steps = 0
+    for number, stage in enumerate(recipe.stages, start=1):
+        # One stage: its own checkpoints (a single-stage method keeps them in work_dir itself, as always) and,
+        # once finished, its model in <stage dir>/done, so a later stage's kill never redoes it.
+        stage_dir = work_dir if len(recipe.stages) == 1 else work_dir / f"stage-{number}-{stage.name}"
+        done = stage_dir / "done"
+        if number > 1:
+            model = EarlyExitModel.from_pretrained(work_dir / f"stage-{number - 1}-{recipe.stages[number - 2].name}"
+                                                   / "done")
+        if (done / "stage.json").is_file():
+            stage_record = json.loads((done / "stage.json").read_text())
+        else:
+            set_seed(seed)  # each stage starts from the same RNG state, whether or not an earlier one was resumed
+            prepare_stage(model, stage)
+            loss = functools.partial(_stage_loss, stage.loss, list(exit_layers), options)
+            stage_record = _run_stage(model, tokenizer, features, spec, seed, stage_dir, loss,
+                                      spec.gradient_conflict_every if "gradient_conflict_every" in recipe.reads
+                                      else 0, callbacks, tracking if tracking is not None else tracking_dir(out, member))
+            if len(recipe.stages) > 1:
+                with atomic_dir(done) as tmp:
+                    model.save_pretrained(tmp)
+                    write_json(tmp / "stage.json", stage_record)
+        entries = stage_record["log_history"]
+        if len(recipe.stages) > 1:  # one step axis over the stages, each entry saying which stage it is from
+            entries = [{**e, "step": e["step"] + steps, "stage": stage.name} for e in entries]
+        history += entries
+        conflict_rows += stage_record["gradient_conflict"]
+        steps += stage_record["global_steps"]
+    if len(recipe.stages) > 1:
+        model = EarlyExitModel.from_pretrained(done)
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp / "backbone" if isinstance(model, EarlyExitModel) else tmp)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return {
+        "method": method,
+        **({"method_options": options} if options else {}),
+        "member": member,
+        "exit_layers": exit_layers,
+        "pooling": model.pooling,
+        "seed": seed,
+        "n_train": len(features),
+        "training": dataclasses.asdict(spec),
+        "global_steps": steps,
+        "train_loss": _mean_logged_loss(history),
+        "log_history": history,
+        "separation_audit": audit,
+        "gradient_conflict": conflict_rows,
+        "provenance": provenance(),
+    }
+
+
+def training_tokenizer(backbone: str, max_length: int) -> Any:
+    """The backbone's tokenizer as training and evaluation use it: truncating at ``max_length``, padding right."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"backbone: cannot load a tokenizer from '{backbone}' ({str(err).splitlines()[0]}); give a local model "
+            "folder with its tokenizer files, or a Hugging Face hub id"
+        ) from None
+    tokenizer.model_max_length = max_length  # saved with the model, so evaluation truncates the same way
+    # Evaluation pads on the right (sweet.batches); training does too, so an example's positions never depend on
+    # its batch (models with absolute positions would shift under left padding, which decoder tokenizers default to).
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"backbone: the tokenizer of '{backbone}' has no pad or end-of-sequence token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token  # decoders often ship without one; pooling reads the mask
+    return tokenizer
+
+
+def prepare_stage(model: nn.Module, stage: methods.Stage) -> None:
+    """What a stage trains: every parameter, or only the earlier exits (the backbone and the last exit frozen);
+    with ``init_early_from_last`` each earlier exit starts as a copy of the fine-tuned last exit."""
+    if stage.trains == "all":
+        return
+    if not isinstance(model, EarlyExitModel):
+        raise UserError(f"{stage.name}: a stage that trains the early exits needs an early-exit model")
+    last = model.heads[-1]
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for k, head in enumerate(model.heads[:-1]):
+        if stage.init_early_from_last:
+            head.load_state_dict(last.state_dict())
+        trainable = [head] + ([model.lte_heads[k]] if model.lte_heads is not None else [])
+        for module in trainable:
+            for parameter in module.parameters():
+                parameter.requires_grad_(True)
+
+
+def _stage_loss(name: str, exit_layers: list[int], options: dict[str, float], **kwargs: Any) -> torch.Tensor:
+    return method_loss(name, exit_layers=exit_layers, options=options, **kwargs)
+
+
+def _run_stage(
+    model: nn.Module,
+    tokenizer: Any,
+    features: list[dict],
+    spec: TrainSpec,
+    seed: int,
+    work_dir: Path,
+    loss: Callable[..., torch.Tensor],
+    conflict_every: int,
+    callbacks: list[TrainerCallback] | None,
+    tracking: str | Path,
+) -> dict:
+    """One Trainer run (resumed from ``work_dir``'s newest complete checkpoint); its log and probe rows."""
     on_gpu = torch.cuda.is_available()
     steps_per_epoch = math.ceil(len(features) / (spec.batch_size * spec.gradient_accumulation_steps))
     args = training_arguments(spec, seed, work_dir, steps_per_epoch, on_gpu)
-    with tracking_environment(spec.report_to, tracking if tracking is not None else tracking_dir(out, member)):
+    with tracking_environment(spec.report_to, tracking):
         trainer = ExitTrainer(
             model=model,
             args=args,
             train_dataset=_ListDataset(features),
             data_collator=DataCollatorWithPadding(tokenizer),
-            conflict_every=spec.gradient_conflict_every if method == "ee" else 0,
+            loss=loss,
+            conflict_every=conflict_every,
             callbacks=callbacks,
         )
         resume = last_complete_checkpoint(work_dir)
@@ -387,26 +502,10 @@ def train(
             f"training stopped on {on_signal.received} at step {on_signal.stopped_at} of {trainer.state.max_steps}; "
             f"checkpoint saved in {work_dir}: rerun the same command (snakemake retries it) to resume"
         )
-
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp / "backbone" if isinstance(model, EarlyExitModel) else tmp)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    history = [entry for entry in trainer.state.log_history if "loss" in entry]
     return {
-        "method": method,
-        "member": member,
-        "exit_layers": exit_layers,
-        "pooling": model.pooling,
-        "seed": seed,
-        "n_train": len(features),
-        "training": dataclasses.asdict(spec),
         "global_steps": trainer.state.global_step,
-        "train_loss": _mean_logged_loss(history),
-        "log_history": history,
-        "separation_audit": audit,
+        "log_history": [entry for entry in trainer.state.log_history if "loss" in entry],
         "gradient_conflict": trainer.conflict_rows,
-        "provenance": provenance(),
     }
 
 
