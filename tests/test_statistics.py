@@ -276,7 +276,9 @@ def test_aggregate_cli_writes_every_table(tmp_path: Path) -> None:
                      "runs.csv", "missing_runs.txt", "status.txt", "grid.json", "training_loss.csv",
                      # held-out operating points and risk control (empty here: these runs have neither CSV)
                      "claims_operating_points.csv", "operating_points.csv", "envelope_gap.csv", "risk_control.csv",
-                     "risk_control_summary.csv"}
+                     "risk_control_summary.csv",
+                     # every method against EE; multi-stage methods' stages (header only here)
+                     "methods.csv", "training_stages.csv"}
     assert (tmp_path / "tables" / "missing_runs.txt").read_text() == ""
     assert (tmp_path / "tables" / "status.txt").read_text() == "complete: all 4 runs finished.\n"
     assert "± 2 point" in (tmp_path / "tables" / "claims.md").read_text()

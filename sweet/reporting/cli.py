@@ -13,7 +13,7 @@ from sweet.errors import UserError
 from sweet.reporting.claims import OPERATING_POINT_MODES, ClaimSettings
 from sweet.reporting.collect import discover_runs
 from sweet.reporting.runs import grid_runs
-from sweet.reporting.statistics import DEFAULT_SPEEDUPS
+from sweet.reporting.statistics import DEFAULT_SPEEDUPS, METHOD_TARGETS
 
 
 def _json_arg(value: str) -> dict:
@@ -78,7 +78,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     if not runs:
         raise UserError("aggregate: no runs given; pass --grid-spec JSON, --runs RUN_DIR..., --runs-file FILE or "
                         "--runs-root DIR")
-    written = aggregate(runs, args.out, grid, args.speedups, _claim_settings(args.claims or {}), args.logs)
+    written = aggregate(runs, args.out, grid, args.speedups, _claim_settings(args.claims or {}), args.logs,
+                        args.targets)
     print(f"aggregate: {written['status.txt'].read_text().strip()}")
 
 
@@ -119,6 +120,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder, e.g. results/demo/tables (replaced as a whole)")
     p.add_argument("--speedups", type=_speedups_arg, default=list(DEFAULT_SPEEDUPS),
                    help="fixed speedups for speedup_summary.csv (default 1.5,2,3,4)")
+    p.add_argument("--targets", type=_speedups_arg, default=list(METHOD_TARGETS),
+                   help="fixed speedups for methods.csv, every method against EE (default 1.5,2,3: the config's "
+                        "operating_points.targets, which the workflow passes)")
     p.add_argument("--claims", type=_json_arg,
                    help="how claims are checked (JSON): exit_rule, fast_speedup, slow_speedup, margin, level, "
                         "operating_points (envelope | held-out)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sweet import methods as method_registry
 from sweet.errors import UserError
 from sweet.reporting.runs import RunStatus, run_file, run_status, training_dir
 
@@ -24,6 +25,9 @@ EXIT_COLUMNS = [*RUN_KEYS, "exit", "exit_layer", "score", "metric"]
 CONFLICT_COLUMNS = [*RUN_KEYS, "step", "block", "exit", "other", "cosine"]
 # Each exit's training loss at each logging step, from the runs' training records (MM: member k is exit k)
 TRAINING_LOSS_COLUMNS = [*RUN_KEYS, "run_id", "step", "exit", "exit_layer", "loss"]
+# Multi-stage methods (DeeBERT): where each stage lies on the run's step axis, which continues across stages. A
+# table of its own, so training_loss.csv keeps its columns (and its bytes) for single-stage grids.
+TRAINING_STAGE_COLUMNS = [*RUN_KEYS, "run_id", "stage_index", "stage", "step_min", "step_max"]
 # Per run, beside logits.npz (python -m sweet operating-points; runs finished before it existed have neither)
 OPERATING_POINT_COLUMNS = [*RUN_KEYS, "strategy", "target_speedup", "threshold", "calibration_speedup",
                            "calibration_score", "eval_speedup", "eval_score", "envelope_score"]
@@ -36,9 +40,11 @@ RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail
 STRING_COLUMNS = {"task": str, "model": str, "method": str, "metric": str, "strategy": str, "other": str,
                   "status": str, "stopped_at": str, "log": str, "detail": str, "git_commit": str, "run": str,
                   "run_id": str, "settings": str, "calibration": str, "backbone_revision": str,
-                  "risk": str, "why": str}
-METHOD_ORDER = ["ee", "sweet", "mm"]
-DISPLAY = {"ee": "EE", "sweet": "SWEET", "mm": "MM"}
+                  "risk": str, "why": str, "stage": str}
+# The registry's order and labels (sweet.methods): EE, SWEET, MM first, as in the paper; a method the registry
+# does not know (an old or hand-made run) sorts after every registered one and is shown by its name.
+METHOD_ORDER = list(method_registry.names())
+DISPLAY = {name: method.label for name, method in method_registry.METHODS.items()}
 _RUN_PATH = re.compile(r"^b(?P<budget>\d+)/(?P<method>[a-z0-9_]+)(-(?P<run_id>[0-9a-f]{8}))?/s(?P<seed>\d+)$")
 
 
@@ -48,6 +54,12 @@ def display_name(method: str) -> str:
 
 def method_rank(method: str) -> int:
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def is_per_exit(method: str) -> bool:
+    """One model per exit (Multi-Model's layout); False for a method the registry does not know."""
+    known = method_registry.METHODS.get(method)
+    return known is not None and known.per_exit
 
 
 def methods_in_order(methods: Iterable[str]) -> list[str]:
@@ -95,6 +107,7 @@ class Collected:
     operating_points: pd.DataFrame = field(default_factory=lambda: empty_frame(OPERATING_POINT_COLUMNS))
     risk_control: pd.DataFrame = field(default_factory=lambda: empty_frame(RISK_CONTROL_COLUMNS))
     training_loss: pd.DataFrame = field(default_factory=lambda: empty_frame(TRAINING_LOSS_COLUMNS))
+    training_stages: pd.DataFrame = field(default_factory=lambda: empty_frame(TRAINING_STAGE_COLUMNS))
 
     @property
     def missing(self) -> pd.DataFrame:
@@ -130,6 +143,7 @@ def collect(
     points: list[pd.DataFrame] = []
     risks: list[pd.DataFrame] = []
     losses: list[pd.DataFrame] = []
+    stages: list[pd.DataFrame] = []
     for run in dirs:
         status = run_status(run, logs_root, expected.get(run.as_posix()))
         identity = _identity_from_path(run, model_names or {})
@@ -148,6 +162,7 @@ def collect(
                 identity.update({k: run_exits[k].iloc[0] for k in [*RUN_KEYS, *SETTINGS_KEYS]
                                  if k in run_exits.columns})
             losses.append(training_loss_rows(run, {k: identity[k] for k in [*RUN_KEYS, "run_id"]}))
+            stages.append(training_stage_rows(run, {k: identity[k] for k in [*RUN_KEYS, "run_id"]}))
         statuses.append(_status_row(run, status, identity))
     curves_df = _concat(curves, CURVE_COLUMNS)
     exits_df = _concat(exits, EXIT_COLUMNS)
@@ -165,6 +180,7 @@ def collect(
                                     [*RUN_KEYS, "strategy", "target_speedup"]),
         risk_control=sort_frame(_concat(risks, RISK_CONTROL_COLUMNS), [*RUN_KEYS, "strategy", "risk", "epsilon"]),
         training_loss=sort_frame(_concat(losses, TRAINING_LOSS_COLUMNS), [*RUN_KEYS, "exit", "step"]),
+        training_stages=sort_frame(_concat(stages, TRAINING_STAGE_COLUMNS), [*RUN_KEYS, "stage_index"]),
     )
 
 
@@ -184,6 +200,20 @@ def training_loss_rows(run: str | Path, meta: dict) -> pd.DataFrame:
     elif run_file(run, "train_metrics.json").is_file():
         rows = _loss_rows(_read_record(run_file(run, "train_metrics.json")), meta)
     return pd.DataFrame(rows, columns=TRAINING_LOSS_COLUMNS) if rows else empty_frame(TRAINING_LOSS_COLUMNS)
+
+
+def training_stage_rows(run: str | Path, meta: dict) -> pd.DataFrame:
+    """One row per training stage of a multi-stage run: the first and last logged step of its entries (their
+    ``stage`` key; ``sweet.train`` continues the step axis across stages). Single-stage runs have no rows."""
+    rows: list[dict] = []
+    if run_file(run, "train_metrics.json").is_file():
+        spans: dict[str, list[int]] = {}
+        for entry in _read_record(run_file(run, "train_metrics.json")).get("log_history") or []:
+            if "step" in entry and entry.get("stage"):
+                spans.setdefault(str(entry["stage"]), []).append(int(entry["step"]))
+        rows = [{**meta, "stage_index": i, "stage": name, "step_min": min(steps), "step_max": max(steps)}
+                for i, (name, steps) in enumerate(spans.items(), start=1)]  # in the order they were logged
+    return pd.DataFrame(rows, columns=TRAINING_STAGE_COLUMNS) if rows else empty_frame(TRAINING_STAGE_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -13,13 +13,14 @@ the report.
 * ``risk_control/<task>__<model>__b<budget>.{png,pdf}``: the evaluation speedup of the risk-controlled
   threshold against the tolerance ε, one panel per risk, one line per method.
 * ``training_loss/<task>__<model>__b<budget>.{png,pdf}``: each exit's training loss over optimizer steps, one
-  panel per exit, one line per method = mean over seeds, band = ± one std (MM: exit k is member k).
+  panel per exit, one line per method = mean over seeds, band = ± one std (MM: exit k is member k); a multi-stage
+  method (DeeBERT) on its step axis continued across stages, a dotted line where each later stage begins.
 * ``gradient_conflict/<task>__<model>__b<budget>.{png,pdf}`` (runs with the probe only): block × exit heat map
   of the mean cosine (seeds and steps pooled) and the cosine of block k's own-exit gradient with the sum of the
   later exits' gradients over training steps.
 
-Files are written atomically and byte-reproducibly (no timestamps, fixed SVG hash salt), with a fixed colour and
-marker per method so EE, SWEET and MM look the same in every figure.
+Files are written atomically and byte-reproducibly (no timestamps, fixed SVG hash salt), with the registry's
+colour and marker per method (``sweet.methods``) so every method looks the same in every figure.
 """
 
 from __future__ import annotations
@@ -38,13 +39,26 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from sweet.exits import EXIT_RULES
 from sweet.io import atomic_dir, atomic_path, write_json, write_text
-from sweet.reporting.collect import GROUP_KEYS, RUN_KEYS, display_name, methods_in_order, read_table
+from sweet.methods import METHODS
+from sweet.reporting.collect import (
+    GROUP_KEYS,
+    RUN_KEYS,
+    display_name,
+    is_per_exit,
+    methods_in_order,
+    read_table,
+)
 from sweet.reporting.statistics import gradient_conflict_summary, interpolate_curve
 
-# Okabe–Ito colours (colour-blind safe), plus a marker per method so the figures survive grey-scale printing.
-PALETTE = {"ee": "#0072B2", "sweet": "#D55E00", "mm": "#009E73"}
-MARKERS = {"ee": "o", "sweet": "s", "mm": "^"}
-EXTRA_COLOURS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+# The registry's colour (Okabe–Ito where it has room: colour-blind safe) and marker per method, so the figures
+# survive grey-scale printing and a method looks the same in every figure. Methods the registry does not know
+# get colours and markers no registered method uses, so they never pass for one.
+PALETTE = {name: method.color for name, method in METHODS.items()}
+MARKERS = {name: method.marker for name, method in METHODS.items()}
+PAPER_METHODS = ("ee", "sweet", "mm")  # the paper's figures tell these three apart by colour alone
+EXTRA_COLOURS = [c for c in ("#F0E442", "#8C564B", "#BCBD22", "#17BECF", "#1F3A93", "#7F3C8D")
+                 if c not in PALETTE.values()]
+EXTRA_MARKERS = [m for m in ("d", "<", ">", "8", "p", "H", "1", "2") if m not in MARKERS.values()]
 ORACLE_COLOUR = "#6E6E6E"
 STRATEGY_NAMES = {name: rule.label for name, rule in EXIT_RULES.items()}  # in the registry's order
 SPEEDUP_LABEL = "Speedup (×, full-model layers / layers used)"
@@ -64,11 +78,19 @@ METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer":
 def colour(method: str) -> str:
     if method in PALETTE:
         return PALETTE[method]
-    return EXTRA_COLOURS[sum(map(ord, method)) % len(EXTRA_COLOURS)]
+    return EXTRA_COLOURS[sum(map(ord, method)) % len(EXTRA_COLOURS)]  # by name: the same in every figure
 
 
 def marker(method: str) -> str:
-    return MARKERS.get(method, "D")
+    if method in MARKERS:
+        return MARKERS[method]
+    return EXTRA_MARKERS[sum(map(ord, method)) % len(EXTRA_MARKERS)]
+
+
+def per_exit_names(methods: Sequence[str]) -> str:
+    """The per-exit methods among ``methods`` as one subject ("MM", "MM and X"), "" when there are none."""
+    labels = [display_name(m) for m in methods_in_order(methods) if is_per_exit(m)]
+    return " and ".join(labels)
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
@@ -419,9 +441,24 @@ def _exit_title(exit_index: int, layer: object) -> str:
     return f"exit {exit_index}" + ("" if pd.isna(layer) else f" (after layer {int(layer)})")
 
 
-def training_loss_figure(block: pd.DataFrame) -> Figure | None:
+def stage_boundaries(stages: pd.DataFrame | None) -> dict[str, list[float]]:
+    """Per multi-stage method: the steps where each later stage begins (halfway between one stage's last logged
+    step and the next one's first, averaged over seeds: the stages' lengths are the same for every seed unless a
+    budget's epochs differ)."""
+    if stages is None or stages.empty:
+        return {}
+    out: dict[str, list[float]] = {}
+    for method, part in stages.groupby("method", sort=False):
+        spans = part.groupby("stage_index", sort=True).agg(lo=("step_min", "mean"), hi=("step_max", "mean"))
+        out[str(method)] = [(hi + lo_next) / 2 for hi, lo_next in zip(spans["hi"].iloc[:-1], spans["lo"].iloc[1:])]
+    return {m: b for m, b in out.items() if b}
+
+
+def training_loss_figure(block: pd.DataFrame, stages: pd.DataFrame | None = None) -> Figure | None:
     """One task × model × budget: each exit's training loss over optimizer steps, one panel per exit (shared
-    axes, so exits compare at a glance), one line per method = mean over seeds, band = ± one std."""
+    axes, so exits compare at a glance), one line per method = mean over seeds, band = ± one std. A multi-stage
+    method (``stages``: its rows of training_stages.csv) is drawn on its continued step axis, with a dotted line
+    where each later stage begins."""
     stats = _training_loss_stats(block)
     if stats.empty:
         return None
@@ -432,6 +469,10 @@ def training_loss_figure(block: pd.DataFrame) -> Figure | None:
     fig = _new_figure(3.0 * ncols + 0.4, 2.6 * nrows + 0.9)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     methods = _methods(stats)
+    # Beyond the paper's three, colours alone come close (two blues, two oranges): markers tell the lines apart.
+    # The paper's three keep their plain lines, so their figure stays as it was.
+    marked = bool(set(methods) - set(PAPER_METHODS))
+    boundaries = stage_boundaries(stages)
     for ax, exit_index in zip(axes.flat, exits):
         at_exit = stats[stats["exit"] == exit_index]
         for method in methods:
@@ -439,7 +480,10 @@ def training_loss_figure(block: pd.DataFrame) -> Figure | None:
             if s.empty:
                 continue
             c = colour(method)
-            ax.plot(s["step"], s["mean"], color=c, lw=1.6, zorder=3)
+            style = {"marker": marker(method), "ms": 4, "markevery": max(1, len(s) // 6)} if marked else {}
+            ax.plot(s["step"], s["mean"], color=c, lw=1.6, zorder=3, **style)
+            for step in boundaries.get(method, []):
+                ax.axvline(step, color=c, ls=":", lw=1.0, zorder=1)
             if s["std"].notna().any():
                 ax.fill_between(s["step"], s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0),
                                 color=c, alpha=0.18, lw=0, zorder=2)
@@ -454,8 +498,9 @@ def training_loss_figure(block: pd.DataFrame) -> Figure | None:
         row[0].set_ylabel("training loss")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=colour(m), lw=1.6, label=display_name(m)) for m in methods]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    handles = [Line2D([], [], color=colour(m), lw=1.6, label=display_name(m),
+                      **({"marker": marker(m), "ms": 4} if marked else {})) for m in methods]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
     fig.suptitle(f"Training loss per exit · {_title(task, model, budget)}; {_seeds_phrase(block, 'band')}")
     return fig
 
@@ -561,9 +606,10 @@ def _speed_accuracy_conventions(block: pd.DataFrame, strategy: str) -> str:
         parts.append("stars: the oracle (every example leaves at its earliest correct exit), headroom no exit rule "
                      "reaches")
     text = "; ".join(parts) + "."
-    if "mm" in set(curves["method"]):
-        text += (" MM's curve starts below 1×: with every member needed, running the members in sequence costs "
-                 "more than the full model.")
+    per_exit = per_exit_names(curves["method"])
+    if per_exit:
+        text += (f" {per_exit}'s curve starts below 1×: with every member needed, running the members in sequence "
+                 "costs more than the full model.")
     return text
 
 
@@ -603,7 +649,7 @@ def individual_exits_caption(block: pd.DataFrame) -> str:
             f"{_spread(block, 'error bar')} (methods are offset sideways so bars do not overlap).")
 
 
-def training_loss_caption(block: pd.DataFrame) -> str:
+def training_loss_caption(block: pd.DataFrame, stages: pd.DataFrame | None = None) -> str:
     task, model, budget = (block[k].iloc[0] for k in GROUP_KEYS)
     block = block.dropna(subset=["loss"])
     exits = block["exit"].nunique()
@@ -611,8 +657,16 @@ def training_loss_caption(block: pd.DataFrame) -> str:
             "(cross-entropy on the training batches, plus the learned-to-exit term when learned_exit is on; the mean "
             f"over each logging interval) against the optimizer step, one panel per exit ({_plural(exits, 'exit')}, "
             f"shared axes). Lines: mean over seeds; {_spread(block, 'band')}.")
-    if "mm" in set(block["method"]):
-        text += " MM's exit k is its member k, a separate model trained alone on the same examples."
+    per_exit = per_exit_names(block["method"])
+    if per_exit:
+        text += f" {per_exit}'s exit k is its member k, a separate model trained alone on the same examples."
+    if stages is not None and not stages.empty:
+        named = []
+        for method in methods_in_order(stages["method"]):
+            order = stages[stages["method"] == method].groupby("stage_index", sort=True)["stage"].first()
+            named.append(f"{display_name(method)}: {' → '.join(order)}")
+        text += (" Dotted vertical lines (in the method's colour): where a multi-stage method moves to its next "
+                 f"training stage, on one step axis continued across its stages ({'; '.join(named)}).")
     return text
 
 
@@ -679,9 +733,13 @@ def make_figures(
             for key, block in _blocks(exits):
                 save(individual_exits_figure(block), "individual_exits", _stem(*key), individual_exits_caption(block))
         losses = _read(tables / "training_loss.csv")
+        stages = _read(tables / "training_stages.csv")
         if losses is not None:
             for key, block in _blocks(losses):
-                save(training_loss_figure(block), "training_loss", _stem(*key), training_loss_caption(block))
+                in_block = None if stages is None else stages[
+                    (stages[GROUP_KEYS] == pd.Series(dict(zip(GROUP_KEYS, key)))).all(axis=1)]
+                save(training_loss_figure(block, in_block), "training_loss", _stem(*key),
+                     training_loss_caption(block, in_block))
         conflicts = _read(tables / "gradient_conflict.csv")
         if conflicts is not None:
             for key, block in _blocks(conflicts):

@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 from sweet.io import write_text
 from sweet.reporting.claims import format_estimate, format_over, format_paper
 from sweet.reporting.collect import GROUP_KEYS, display_name, methods_in_order, read_table
+from sweet.reporting.statistics import points_scale
 from sweet.reporting.tables import exit_table_blocks
 
 TEMPLATE = "report.html.j2"
@@ -179,6 +180,9 @@ def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strat
             "tables": [_html(_auc_table(auc, strategy), caption="Normalised AUC: mean score over the speedup range "
                              "shared by every method and seed; mean ± std over seeds")] if not auc.empty else [],
             "figures": by_section["speed_accuracy"]})
+    methods = _methods_section(tables)
+    if methods is not None:
+        sections.append(methods)
     held_out = _held_out_section(tables, strategy, by_section.get("risk_control", []))
     if held_out is not None:
         sections.append(held_out)
@@ -206,6 +210,76 @@ def _read_if_present(path: Path) -> pd.DataFrame:
 
 def _points(value: float, scale: float, sign: bool = False) -> str:
     return "–" if pd.isna(value) else (f"{value * scale:+.1f}" if sign else f"{value * scale:.1f}")
+
+
+def _measure_name(row: pd.Series) -> str:
+    """A methods.csv row's measure as a column heading."""
+    if row["measure"] == "exit":
+        return f"exit {int(row['exit'])} (layer {int(row['exit_layer'])})"
+    if row["measure"] == "exit_average":
+        return "mean over exits"
+    if row["measure"] == "auc":
+        return f"AUC {row['speedup_min']:.2g}–{row['speedup_max']:.2g}×"
+    return f"at {row['speedup']:g}×"
+
+
+def _method_cell(row: pd.Series, scale: float) -> Markup:
+    """"76.7 ± 2.3" over "Δ +4.9 [−1.2, +11.0]" (no Δ for EE, nor without EE)."""
+    if pd.isna(row["mean"]):
+        return Markup("–")
+    top = f"{row['mean'] * scale:.1f}" + ("" if pd.isna(row["std"]) else f" ± {row['std'] * scale:.1f}")
+    if pd.isna(row["delta_vs_ee"]):
+        return escape(top)
+    delta = format_estimate({"estimate": row["delta_vs_ee"] * scale, "ci_low": row["ci_low"] * scale,
+                             "ci_high": row["ci_high"] * scale})
+    return escape(top) + Markup("<br>") + escape(f"Δ {delta}")
+
+
+def methods_blocks(methods: pd.DataFrame) -> list[tuple[tuple, str, pd.DataFrame]]:
+    """Per task × model × budget: (setting, caption, table) with one row per method and one column per
+    measure of methods.csv, each cell its mean ± std over seeds over its Δ vs EE with the interval, in points."""
+    if methods.empty:
+        return []
+    scale = points_scale(methods["mean"])
+    level = f"{methods['level'].iloc[0] * 100:g}%"
+    blocks = []
+    for key, block in methods.groupby(GROUP_KEYS, sort=False):
+        block = block.assign(column=[_measure_name(r) for _, r in block.iterrows()],
+                             cell=[_method_cell(r, scale) for _, r in block.iterrows()])
+        columns = list(dict.fromkeys(block["column"]))  # methods.csv's order: exits, mean, AUC, speedups
+        order = methods_in_order(block["method"])
+        wide = block.pivot_table(index="method", columns="column", values="cell", aggfunc="first")
+        wide = wide.reindex(index=order, columns=columns)
+        table = pd.DataFrame({"method": [display_name(m) for m in wide.index],
+                              **{c: list(wide[c]) for c in columns}})
+        rules = sorted(set(block["strategy"].dropna()) - {""})
+        has_ee = "ee" in set(block["method"])
+        task, model, budget = key
+        caption = (f"{task} · {model} · budget {budget} — {block['metric'].iloc[0]}"
+                   f"{' (points)' if scale == 100.0 else ''}: mean ± std over seeds; "
+                   + (f"Δ: seed-paired difference to EE, {level} Student-t interval over seeds" if has_ee
+                      else "no EE runs, so no Δ")
+                   + (f"; AUC and fixed speedups on the {', '.join(rules)} exit rule" if rules else ""))
+        blocks.append((key, caption, table))
+    return blocks
+
+
+def _methods_section(tables: Path) -> dict | None:
+    """Every method of the grid against EE (tables/methods.csv), one table per setting."""
+    methods = _read_if_present(tables / "methods.csv")
+    blocks = methods_blocks(methods)
+    if not blocks:
+        return None
+    html = [Markup(table.to_html(index=False, escape=False, na_rep="–", border=0, classes="numbers")
+                   .replace("<thead>", f"<caption>{escape(caption)}</caption>\n  <thead>", 1))
+            for _, caption, table in blocks]
+    return {"title": "Every method against EE", "intro": [
+        "Each method of the grid on the measures the claims read: each exit's own score and their mean, the "
+        "normalised AUC over the speedup range every method and seed of the setting shares, and the score at "
+        "the held-out operating points' target speedups (the evaluation curve, interpolated on each seed's "
+        "Pareto front, never extrapolated). Under each value, the difference to EE, paired by seed, with its "
+        "Student-t interval: with one paired seed there is no interval. tables/methods.csv holds the same "
+        "numbers, one row per setting × method × measure."], "tables": html, "figures": []}
 
 
 def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict | None:

@@ -1,6 +1,6 @@
 """Which runs a grid names, which of them finished, and why the others did not.
 
-Standard library only (and ``sweet.layout``): the Snakefile imports this module while it plans (to find the grid
+Standard library only (and ``sweet.layout``, ``sweet.methods``): the Snakefile imports this module while it plans (to find the grid
 whose runs finished last, and to notice when more runs of a partial grid have finished), and planning must stay
 fast.
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sweet.layout import grid_runs as layout_grid_runs
 from sweet.layout import record_mismatch
+from sweet.methods import METHODS
 
 FINAL_FILES = ("curves.csv", "individual_exits.csv")  # a run is finished when both exist
 # A run's steps in workflow order, with the file each leaves in the run folder (None: nothing that lasts; MM's
@@ -37,7 +38,10 @@ STEPS: tuple[tuple[str, str | None], ...] = (
     ("operating_points", "operating_points.csv"),
 )
 CALIBRATED_STEPS = ("calibration_split", "calibrate", "evaluate", "curves", "operating_points")  # their files: the calibrated folder
-NOT_FOR = {"mm": {"train"}, "ee": {"train_member", "combine"}, "sweet": {"train_member", "combine"}}
+# From the registry's layouts: a per-exit method (MM) trains members and combines them, never one model; a joint
+# one trains one model and has nothing to combine. A method the registry does not know is expected at every step.
+NOT_FOR: dict[str, set[str]] = {name: ({"train"} if method.per_exit else {"train_member", "combine"})
+                                for name, method in METHODS.items()}
 LOG_TAIL_BYTES = 64 * 1024  # an error is at the end of a log; training logs can be long
 
 

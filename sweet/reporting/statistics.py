@@ -382,3 +382,74 @@ def risk_control_summary(risk_control: pd.DataFrame) -> pd.DataFrame:
     )
     summary["n_certified"] = summary["n_certified"].astype(int)
     return sort_frame(summary[RISK_SUMMARY_COLUMNS], keys)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# every method of a grid against EE (methods.csv)
+
+BASELINE = "ee"  # what every method's Δ is against: the standard early-exit fine-tuning
+# The config's operating_points.targets when it has none of its own (sweet.operating_points.DEFAULT_TARGETS,
+# which imports this module, so the value is repeated rather than imported)
+METHOD_TARGETS = (1.5, 2.0, 3.0)
+METHOD_MEASURES = ("exit", "exit_average", "auc", "score_at_speedup")  # the table's order within a method
+METHODS_COLUMNS = [*GROUP_KEYS, "method", "label", "measure", "strategy", "speedup", "exit", "exit_layer", "metric",
+                   "mean", "std", "n_seeds", "delta_vs_ee", "ci_low", "ci_high", "n_paired", "level",
+                   "speedup_min", "speedup_max"]
+_PER_SEED_COLUMNS = [*RUN_KEYS, "measure", "strategy", "speedup", "exit", "exit_layer", "metric", "value",
+                     "speedup_min", "speedup_max"]
+
+
+def method_measures_per_seed(curves_df: pd.DataFrame, exits_df: pd.DataFrame, strategy: str = "confidence",
+                             speedups: Sequence[float] = METHOD_TARGETS) -> pd.DataFrame:
+    """Per run, every measure methods.csv summarises (column ``value``, in the scores' units): each exit's own
+    score, their mean (the claims' ``exit_average``), the normalised AUC of the ``strategy`` exit rule over the
+    range every method and seed of the setting shares (the claims' ``auc``), and the score at each of
+    ``speedups`` on that rule's curve (speedup_summary.csv's interpolation)."""
+    frames = []
+    if exits_df is not None and not exits_df.empty:
+        frames.append(exits_df[[*RUN_KEYS, "exit", "exit_layer", "metric", "score"]]
+                      .rename(columns={"score": "value"}).assign(measure="exit", strategy=""))
+        metric = exits_df.groupby(RUN_KEYS, sort=False)["metric"].first().reset_index()
+        average = exit_average_per_seed(exits_df).merge(metric, on=RUN_KEYS, how="left")
+        frames.append(average.rename(columns={"score": "value"}).assign(measure="exit_average", strategy=""))
+    rule = curves_df[curves_df["strategy"] == strategy] if not curves_df.empty else curves_df
+    if not rule.empty:
+        frames.append(auc_per_seed(rule).rename(columns={"auc": "value"}).assign(measure="auc"))
+        frames.append(speedup_per_seed(rule, speedups).rename(columns={"score": "value"})
+                      .assign(measure="score_at_speedup"))
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return empty_frame(_PER_SEED_COLUMNS)
+    return pd.concat(frames, ignore_index=True).reindex(columns=_PER_SEED_COLUMNS)
+
+
+def methods_summary(curves_df: pd.DataFrame, exits_df: pd.DataFrame, strategy: str = "confidence",
+                    speedups: Sequence[float] = METHOD_TARGETS, level: float = LEVEL) -> pd.DataFrame:
+    """Every method of every setting on every measure of ``method_measures_per_seed``: mean and sample std over
+    the seeds where it is defined, and the seed-paired difference to EE (``delta_vs_ee``, the mean over seeds
+    both have) with its Student-t interval (``t_interval``, as pairwise_summary.csv). EE's own row, and every
+    row of a setting without EE, has no Δ (NaN, ``n_paired`` 0); with one paired seed the interval is NaN."""
+    per_seed = method_measures_per_seed(curves_df, exits_df, strategy, speedups)
+    if per_seed.empty:
+        return empty_frame(METHODS_COLUMNS)
+    keys = [*GROUP_KEYS, "measure", "strategy", "speedup", "exit"]
+    rows = []
+    # dropna=False: a per-exit measure has no speedup, a curve measure no exit
+    for key, group in per_seed.groupby(keys, sort=False, dropna=False):
+        ident = dict(zip(keys, key))
+        for method, runs in group.groupby("method", sort=False):
+            mean, std, n = _mean_std(runs["value"])
+            if method == BASELINE:
+                delta, low, high, paired = np.nan, np.nan, np.nan, 0
+            else:
+                delta, low, high, paired = t_interval(
+                    paired_seed_differences(group, "value", method, BASELINE).to_numpy(), level)
+            rows.append({**ident, "method": method, "label": display_name(method),
+                         "exit_layer": runs["exit_layer"].iloc[0], "metric": runs["metric"].iloc[0], "mean": mean,
+                         "std": std, "n_seeds": n, "delta_vs_ee": delta, "ci_low": low, "ci_high": high,
+                         "n_paired": paired, "level": level, "speedup_min": runs["speedup_min"].iloc[0],
+                         "speedup_max": runs["speedup_max"].iloc[0]})
+    frame = pd.DataFrame(rows, columns=METHODS_COLUMNS)
+    frame["measure_rank"] = frame["measure"].map({m: i for i, m in enumerate(METHOD_MEASURES)})
+    frame = sort_frame(frame, [*GROUP_KEYS, "method", "measure_rank", "exit", "speedup"])
+    return frame.drop(columns="measure_rank")

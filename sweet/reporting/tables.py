@@ -21,11 +21,13 @@ from sweet.reporting.collect import GROUP_KEYS, Collected, collect, display_name
 from sweet.reporting.runs import RunStatus
 from sweet.reporting.statistics import (
     DEFAULT_SPEEDUPS,
+    METHOD_TARGETS,
     auc_summary,
     envelope_gap,
     exit_average_per_seed,
     gradient_conflict_summary,
     individual_exits_summary,
+    methods_summary,
     oracle_summary,
     pairwise_differences,
     points_scale,
@@ -42,6 +44,8 @@ class TableInputs:
     grid: dict = field(default_factory=dict)  # sweet.config.grid_spec (at least {"name": ...}); {} for ad hoc runs
     speedups: Sequence[float] = DEFAULT_SPEEDUPS
     claims: ClaimSettings = field(default_factory=ClaimSettings)
+    # methods.csv's fixed speedups: the config's operating_points.targets (the workflow passes them)
+    targets: Sequence[float] = METHOD_TARGETS
 
     @property
     def notice(self) -> str:
@@ -196,6 +200,7 @@ TABLES: dict[str, Builder] = {
     "individual_exits.csv": lambda i: i.collected.exits,
     "gradient_conflict.csv": lambda i: i.collected.conflict,
     "training_loss.csv": lambda i: i.collected.training_loss,
+    "training_stages.csv": lambda i: i.collected.training_stages,
     "individual_exits_summary.csv": lambda i: individual_exits_summary(i.collected.exits),
     "individual_exits_summary.md": lambda i: individual_exits_markdown(i.collected.exits, i.notice),
     "individual_exits_summary.tex": lambda i: individual_exits_latex(i.collected.exits),
@@ -204,6 +209,9 @@ TABLES: dict[str, Builder] = {
     "oracle_summary.csv": lambda i: oracle_summary(i.collected.curves),
     "pairwise_summary.csv": lambda i: pairwise_differences(i.collected.curves, i.collected.exits, i.speedups,
                                                            i.claims.level),
+    # every method of the grid against EE, on the claims' exit rule and measures (the report's methods section)
+    "methods.csv": lambda i: methods_summary(i.collected.curves, i.collected.exits, i.claims.exit_rule, i.targets,
+                                             i.claims.level),
     "gradient_conflict_summary.csv": lambda i: gradient_conflict_summary(i.collected.conflict),
     "gradient_conflict_by_step.csv": lambda i: gradient_conflict_summary(i.collected.conflict, by_step=True),
     "claims.csv": _claims,
@@ -245,6 +253,7 @@ def aggregate(
     speedups: Sequence[float] = DEFAULT_SPEEDUPS,
     claims: ClaimSettings | None = None,
     logs_root: str | Path | None = None,
+    targets: Sequence[float] = METHOD_TARGETS,
 ) -> dict[str, Path]:
     """Collect the runs and write every table into ``out_dir``; returns file name → path.
 
@@ -253,4 +262,4 @@ def aggregate(
     model_names = {slug(m): m for m in (grid or {}).get("models", [])}
     expected = {run["calibrated_dir"]: run["run_id"] for run in (grid or {}).get("runs", [])}
     collected = collect(run_dirs, logs_root, model_names, expected)
-    return write_tables(out_dir, TableInputs(collected, grid or {}, speedups, claims or ClaimSettings()))
+    return write_tables(out_dir, TableInputs(collected, grid or {}, speedups, claims or ClaimSettings(), targets))
