@@ -1,6 +1,6 @@
-# Training: one job per EE/SWEET run; for MM one job per member (so members train in parallel on a cluster; the
-# slurm profile submits them as job arrays) plus a `combine` step. Each run gets its own seeded training subset
-# and calibration split first.
+# Training: one job per run of a joint method (EE, SWEET, …: sweet.methods); for a per-exit method (MM) one job
+# per member (so members train in parallel on a cluster; the slurm profile submits them as job arrays) plus a
+# `combine` step. Each run gets its own seeded training subset and calibration split first.
 #
 # Training jobs are never grouped with the steps after them: a failed calibration or evaluation (or curves)
 # must not delete a finished training, which Snakemake does to every job of a failed group. Cheap steps (split,
@@ -48,8 +48,9 @@ rule calibration_split:
 
 
 rule train:
-    """Fine-tune an early-exit model (EE: exits share the backbone's gradients; SWEET: each block learns only
-    from its own exit). A killed or signalled job resumes from its checkpoints when rerun."""
+    """Fine-tune an early-exit model with a joint method of sweet.methods (EE: exits share the backbone's
+    gradients; SWEET: each block learns only from its own exit; …). A killed or signalled job resumes from its
+    checkpoints when rerun."""
     input:
         task_dir=task_dir,
         splits=f"{RUN}/splits.json",
@@ -60,7 +61,7 @@ rule train:
         metrics=f"{RUN}/train_metrics.json",
         conflict=f"{RUN}/gradient_conflict.csv",
     wildcard_constraints:
-        method="ee|sweet",
+        method=JOINT_PATTERN,
     params:
         backbone=backbone_arg,
         hub_cache=Untracked(HUB_CACHE),
@@ -68,6 +69,7 @@ rule train:
         exits=exit_layers_arg,
         pooling=pooling_arg,
         spec=train_spec,
+        method_options=method_options_arg,
         meta=meta_args,
         work_dir=checkpoint_dir,
         offline=OFFLINE,
@@ -88,12 +90,13 @@ rule train:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
         " --backbone {params.backbone:q} {params.revision} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
         " {params.pooling} --method {wildcards.method} --seed {wildcards.seed} --train-spec {params.spec:q}"
-        " --out {output.model} --metrics {output.metrics} --gradient-conflict-out {output.conflict}"
+        " --method-options {params.method_options:q} --out {output.model} --metrics {output.metrics} --gradient-conflict-out {output.conflict}"
         " --meta {params.meta} --run-record {input.record} --work-dir {params.work_dir:q} > {log} 2>&1"
 
 
 rule train_member:
-    """Multi-Model: member k is an independent model truncated after exit k's layer, fine-tuned on its own."""
+    """A per-exit method (Multi-Model): member k is an independent model truncated after exit k's layer,
+    fine-tuned on its own."""
     input:
         task_dir=task_dir,
         splits=f"{RUN}/splits.json",
@@ -103,7 +106,7 @@ rule train_member:
         model=maybe_temp(directory(f"{RUN}/model/member_{{k}}")),
         metrics=f"{RUN}/members/member_{{k}}.json",
     wildcard_constraints:
-        method="mm",
+        method=PER_EXIT_PATTERN,
     params:
         backbone=backbone_arg,
         hub_cache=Untracked(HUB_CACHE),
@@ -129,7 +132,7 @@ rule train_member:
     shell:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
         " --backbone {params.backbone:q} {params.revision} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
-        " {params.pooling} --method mm --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
+        " {params.pooling} --method {wildcards.method} --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
         " --out {output.model} --metrics {output.metrics} --run-record {input.record} --work-dir {params.work_dir:q}"
         " > {log} 2>&1"
 
@@ -141,7 +144,7 @@ rule combine:
     output:
         maybe_temp(f"{RUN}/model/sweet_config.json"),
     wildcard_constraints:
-        method="mm",
+        method=PER_EXIT_PATTERN,
     log:
         f"results/logs/combine/{LOG_RUN}.log",
     conda:
