@@ -117,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         record = train(
             rows, task.num_labels, backbone, args.exit_layers, args.method, args.seed, spec,
             out=args.out, work_dir=work_dir, member=args.member, pooling=args.pooling,
-            method_options=args.method_options,  # checked by train(); recorded in the training record
+            # checked by train() and recorded in the training record; the workflow gives them in the run record
+            method_options=args.method_options or (run.get("identity") or {}).get("method_options"),
         )
     except TrainingInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
@@ -436,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-layers", type=_layers_arg, required=True, help="1-based, e.g. 1,4,6,12")
     p.add_argument("--method", choices=methods.names(), required=True, help="a method of sweet.methods")
     p.add_argument("--method-options", type=_json_arg, default={},
-                   help="the method's options as JSON, e.g. '{\"separation\": 0.25}' (default: its defaults)")
+                   help="the method's options as JSON, e.g. '{\"separation\": 0.25}' (default: the --run-record's, "
+                   "else the method's defaults)")
     p.add_argument("--member", type=int, help="a per-exit method (MM): which member (1-based) to train")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--pooling", choices=POOLINGS, help=POOLING_HELP)

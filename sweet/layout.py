@@ -9,9 +9,9 @@ A run's folder is named by what it computes, not by the grid that asked for it::
                                                                                curves.csv, individual_exits.csv
 
 The run id is a short digest of the run's *identity* (:func:`run_identity`): the task and its data, the backbone
-and its revision, the exit layers and pooling, the method, the budget and seed, and the training options the
-method reads. Two grids asking for the same identity share the folder (trained once); two that differ in any of
-these never share one. Operational settings (``save_steps``, ``report_to``, ``threads``, ``hub_cache``, ``scratch_dir``,
+and its revision, the exit layers and pooling, the method (and its options, for a method of sweet.methods that has
+some), the budget and seed, and the training options the method reads. Two grids asking for the same identity
+share the folder (trained once); two that differ in any of these never share one. Operational settings (``save_steps``, ``report_to``, ``threads``, ``hub_cache``, ``scratch_dir``,
 ``keep_checkpoints``, precision on a CPU) change no number and are not part of it. Calibration is not training:
 its settings name the subfolder, so a new ``calibration_size`` or ``calibrate_on`` recalibrates and re-evaluates
 the same trained model.

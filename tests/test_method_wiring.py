@@ -134,8 +134,9 @@ def test_dry_run_plans_every_registry_method(tmp_path: Path) -> None:
     assert jobs["train_member"] == 4 * per_exit  # tiny-bert's four exits
     assert jobs["evaluate"] == len(methods.names())
     for name in methods.names("joint"):
-        assert re.search(rf"--method {name} .*--method-options", result.stdout), name
-    assert "--method-options '{\"separation\": 0.25}'" in result.stdout
+        assert re.search(rf"--method {name} ", result.stdout), name
+    # the options reach `sweet train` in the run record (run.json), which the split job writes
+    assert '"method_options": {"separation": 0.25}' in result.stdout
     assert not (tmp_path / "results").exists()
 
 
@@ -153,3 +154,16 @@ def test_cli_method_choices_are_the_registry() -> None:
                                 "--method", "sep", "--seed", "1", "--out", "o", "--metrics", "m",
                                 "--method-options", '{"separation": 0.25}'])
     assert parsed.method_options == {"separation": 0.25}
+
+
+def test_migrate_examines_only_the_methods_the_old_layout_had(tmp_path: Path) -> None:
+    """The layout before run ids held EE, SWEET and MM runs only: a folder named after another method is nobody's."""
+    from sweet.migrate import candidates
+
+    config, models = configured({**ALL, "grids": {"all": {**ALL["grids"]["all"], "methods": ["ee", "pabee"]}}})
+    by_method = {r.method: r for r in grid_runs(config, "all", models, base=ROOT)}
+    for run in by_method.values():
+        (tmp_path / run.legacy_dir).mkdir(parents=True)
+    found = candidates(config, models, grids=["all"], root=tmp_path)
+    assert [c.run.method for c in found] == ["ee"]
+    assert "train_metrics.json" in found[0].why_not  # an empty folder is no finished run

@@ -183,13 +183,6 @@ def train_spec(wildcards):
     return Untracked(json.dumps(merged_training(config, model_of(wildcards)), sort_keys=True))
 
 
-def method_options_arg(wildcards):
-    """The run's method options as JSON (`train --method-options`): those its identity holds, {} for a method
-    without options. Untracked: the options are part of the run id (its folder), so a new value is a new run
-    anyway, and a new parameter must not retrain the runs finished before it existed."""
-    return Untracked(json.dumps(run_of(wildcards).identity.get("method_options", {}), sort_keys=True))
-
-
 def exit_layers_arg(wildcards):
     return ",".join(str(k) for k in model_of(wildcards).exit_layers)
 

@@ -47,6 +47,8 @@ rule calibration_split:
         " {params.calibration} --calibration-out {output} > {log} 2>&1"
 
 
+# A run's method options (sweet.methods) reach `sweet train` in its run record (run.json's identity, what the run
+# id digests), not as --method-options: a changed shell command would make Snakemake retrain every finished run.
 rule train:
     """Fine-tune an early-exit model with a joint method of sweet.methods (EE: exits share the backbone's
     gradients; SWEET: each block learns only from its own exit; …). A killed or signalled job resumes from its
@@ -69,7 +71,6 @@ rule train:
         exits=exit_layers_arg,
         pooling=pooling_arg,
         spec=train_spec,
-        method_options=method_options_arg,
         meta=meta_args,
         work_dir=checkpoint_dir,
         offline=OFFLINE,
@@ -90,7 +91,7 @@ rule train:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
         " --backbone {params.backbone:q} {params.revision} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
         " {params.pooling} --method {wildcards.method} --seed {wildcards.seed} --train-spec {params.spec:q}"
-        " --method-options {params.method_options:q} --out {output.model} --metrics {output.metrics} --gradient-conflict-out {output.conflict}"
+        " --out {output.model} --metrics {output.metrics} --gradient-conflict-out {output.conflict}"
         " --meta {params.meta} --run-record {input.record} --work-dir {params.work_dir:q} > {log} 2>&1"
 
 
@@ -132,7 +133,7 @@ rule train_member:
     shell:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
         " --backbone {params.backbone:q} {params.revision} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
-        " {params.pooling} --method {wildcards.method} --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
+        " {params.pooling} --method mm --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
         " --out {output.model} --metrics {output.metrics} --run-record {input.record} --work-dir {params.work_dir:q}"
         " > {log} 2>&1"
 
