@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sweet import methods  # the method registry: standard library only
 from sweet.backbones import POOLINGS  # the registry imports no torch
 from sweet.errors import UserError
 from sweet.exits import EXIT_RULES  # numpy only
@@ -116,6 +117,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         record = train(
             rows, task.num_labels, backbone, args.exit_layers, args.method, args.seed, spec,
             out=args.out, work_dir=work_dir, member=args.member, pooling=args.pooling,
+            # checked by train() and recorded in the training record; the workflow gives them in the run record
+            method_options=args.method_options or (run.get("identity") or {}).get("method_options"),
         )
     except TrainingInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
@@ -267,6 +270,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     model = EarlyExitModel.from_pretrained(
         args.backbone, num_labels=args.num_labels, exit_layers=args.exit_layers, method=args.method,
         shared_pooler=args.shared_pooler, pooling=args.pooling,
+        method_options=methods.resolve_options(args.method, args.method_options, "--method-options"),
     )
     report = separation_audit(model, vocab_size=model.backbone.config.vocab_size)
     if args.out:
@@ -426,13 +430,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-record-out", help="run.json to write")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("train", help="fine-tune an EE/SWEET model or one MM member")
+    p = sub.add_parser("train", help="fine-tune an early-exit model (EE, SWEET, …) or one MM member")
     p.add_argument("--task-dir", required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--backbone", required=True, help="local folder or hub id")
     p.add_argument("--exit-layers", type=_layers_arg, required=True, help="1-based, e.g. 1,4,6,12")
-    p.add_argument("--method", choices=["ee", "sweet", "mm"], required=True)
-    p.add_argument("--member", type=int, help="MM: which member (1-based) to train")
+    p.add_argument("--method", choices=methods.names(), required=True, help="a method of sweet.methods")
+    p.add_argument("--method-options", type=_json_arg, default={},
+                   help="the method's options as JSON, e.g. '{\"separation\": 0.25}' (default: the --run-record's, "
+                   "else the method's defaults)")
+    p.add_argument("--member", type=int, help="a per-exit method (MM): which member (1-based) to train")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--pooling", choices=POOLINGS, help=POOLING_HELP)
     p.add_argument("--train-spec", type=_json_arg, default={}, help="training options as JSON (see TrainSpec)")
@@ -507,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="list parameters that receive gradient from more than one exit")
     p.add_argument("--backbone", required=True)
     p.add_argument("--exit-layers", type=_layers_arg, required=True)
-    p.add_argument("--method", choices=["ee", "sweet"], required=True)
+    p.add_argument("--method", choices=methods.names("joint"), required=True)
+    p.add_argument("--method-options", type=_json_arg, default={}, help="the method's options as JSON")
     p.add_argument("--num-labels", type=int, default=2)
     p.add_argument("--shared-pooler", action="store_true")
     p.add_argument("--pooling", choices=POOLINGS, help=POOLING_HELP)

@@ -21,6 +21,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from sweet import methods
 from sweet.config import (
     CLUSTER_DEFAULTS,
     JOB_START_MINUTES,
@@ -129,15 +130,17 @@ class Estimator:
     def params(self, model: Model, depth: int | None = None) -> int:
         return UNKNOWN_PARAMS if model.arch is None else parameter_count(model.arch, depth)
 
-    def train_estimate(self, model: Model, budget: int, depth: int | None = None) -> float:
-        """Minutes one attempt of a training job (EE/SWEET: the whole model; MM: a member of ``depth`` layers)
-        is expected to take, before caps."""
+    def train_estimate(self, model: Model, budget: int, depth: int | None = None, method: str = "ee") -> float:
+        """Minutes one attempt of a training job (a joint method: the whole model; per-exit: a member of ``depth``
+        layers) is expected to take, before caps. The compute scales with the method's ``training_cost`` (DeeBERT's
+        two stages: two passes over the data); the job's fixed start-up allowance does not."""
         spec = merged_training(self.config, model)
-        return train_minutes(self.params(model, depth), budget, float(spec.get("epochs", 2)),
-                             int(spec.get("max_length", 256)), throughput_flops(self.config, self.gpus, self.threads))
+        passes = float(spec.get("epochs", 2)) * methods.get(method).training_cost  # as that many epochs of EE
+        return train_minutes(self.params(model, depth), budget, passes, int(spec.get("max_length", 256)),
+                             throughput_flops(self.config, self.gpus, self.threads))
 
-    def train_runtime(self, model: Model, budget: int, depth: int | None, attempt: int) -> int:
-        return self.caps.runtime(self.train_estimate(model, budget, depth) * attempt)
+    def train_runtime(self, model: Model, budget: int, depth: int | None, attempt: int, method: str = "ee") -> int:
+        return self.caps.runtime(self.train_estimate(model, budget, depth, method) * attempt)
 
     def train_mem_mb(self, model: Model, depth: int | None, attempt: int, array: bool = False) -> int:
         headroom = ARRAY_MEM_HEADROOM_MB if array else 0
@@ -154,19 +157,19 @@ class Estimator:
         return self.caps.mem_mb(forward_mem_mb(self.params(model)) * attempt)
 
 
-def training_jobs(config: dict, models: dict[str, Model]) -> list[tuple[str, Model, int, int | None]]:
-    """(rule, model, budget, depth) of every training job of the selected grid: one per EE/SWEET run, one per MM
-    member (``depth`` = the member's layers; None = the whole model)."""
+def training_jobs(config: dict, models: dict[str, Model]) -> list[tuple[str, Model, int, int | None, str]]:
+    """(rule, model, budget, depth, method) of every training job of the selected grid: one per run of a joint
+    method, one per member of a per-exit one (MM; ``depth`` = the member's layers; None = the whole model)."""
     grid = config["grids"][config["grid"]]
     jobs = []
     for _task, name, budget, method, _seed in itertools.product(
         grid["tasks"], grid["models"], grid["budgets"], grid["methods"], grid["seeds"]
     ):
         model = models[name]
-        if method == "mm":
-            jobs += [("train_member", model, budget, depth) for depth in model.exit_layers]
+        if methods.get(method).per_exit:
+            jobs += [("train_member", model, budget, depth, method) for depth in model.exit_layers]
         else:
-            jobs.append(("train", model, budget, None))
+            jobs.append(("train", model, budget, None, method))
     return jobs
 
 
@@ -183,7 +186,8 @@ def describe_plan(config: dict, models: dict[str, Model], estimator: Estimator, 
         f"train_member (MM members; one array per submission round with the slurm profile), {runs} evaluate "
         f"(calibrate + evaluate of a run, grouped); data, splits, curves, tables and figures run on the submit host"
     ]
-    longest = max(((estimator.train_estimate(m, b, d), rule, m, b) for rule, m, b, d in jobs), default=None,
+    longest = max(((estimator.train_estimate(m, b, d, method), rule, m, b) for rule, m, b, d, method in jobs),
+                  default=None,
                   key=lambda item: item[0])
     if longest is not None:
         minutes, rule, model, budget = longest
@@ -198,11 +202,11 @@ def describe_plan(config: dict, models: dict[str, Model], estimator: Estimator, 
                          f"and resuming (retries raised to {allocations + 1})")
         lines.append(line)
     if caps.max_mem_mb is not None:
-        over = [m.name for _, m, _, d in jobs if train_mem_mb(estimator.params(m, d)) > caps.max_mem_mb]
+        over = [m.name for _, m, _, d, _ in jobs if train_mem_mb(estimator.params(m, d)) > caps.max_mem_mb]
         if over:
             lines.append(f"sweet: warning: training {sorted(set(over))[0]} is estimated to need more host memory "
                          f"than cluster.max_mem_mb={caps.max_mem_mb}; jobs ask for the cap and may run out")
-    checkpoints = [checkpoint_bytes(estimator.params(m, d)) for _, m, _, d in jobs]
+    checkpoints = [checkpoint_bytes(estimator.params(m, d)) for _, m, _, d, _ in jobs]
     if checkpoints:
         where = config.get("scratch_dir") or "results/runs"
         lines.append(f"sweet: training checkpoints need up to {human_bytes(peak_checkpoint_bytes(checkpoints, concurrent_jobs))} "
@@ -214,8 +218,8 @@ def describe_plan(config: dict, models: dict[str, Model], estimator: Estimator, 
 def retries_for_training(config: dict, models: dict[str, Model], estimator: Estimator) -> int | None:
     """Retries the training rules need so that the longest job can finish in capped allocations (None: the
     executor's own setting is enough). Two failures are still tolerated on top of the planned resumptions."""
-    allocations = max((training_allocations(estimator.train_estimate(m, b, d), estimator.caps)
-                       for _, m, b, d in training_jobs(config, models)), default=1)
+    allocations = max((training_allocations(estimator.train_estimate(m, b, d, method), estimator.caps)
+                       for _, m, b, d, method in training_jobs(config, models)), default=1)
     return allocations + 1 if allocations > 1 else None
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweet import methods  # the method registry: standard library only
 from sweet.backbones import BACKBONES, resolve_pooling  # the registry imports no torch
 from sweet.errors import UserError
 
@@ -23,7 +24,7 @@ RESULTS = "results"  # the output root; fixed, so no configuration value can mov
 # Folders under results/ that are not a grid's: a grid's tables, figures and report go to results/<grid>/, so a
 # grid may not take one of these names.
 RESERVED_GRID_NAMES = ("runs", "data", "logs", "backbones", "benchmarks", "hub-cache")
-METHODS = ("ee", "sweet", "mm")
+METHODS = methods.names()  # the registry's order (sweet.methods): adding a method is one entry there
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 MIN_CALIBRATION = 50  # as sweet.data.MIN_CALIBRATION: the smallest calibration split `split` accepts
 
@@ -170,6 +171,13 @@ def load_schema(path: str | Path | None = None) -> dict:
     exit_rule = schema.get("properties", {}).get("claims", {}).get("properties", {}).get("exit_rule")
     if exit_rule is not None:
         exit_rule["enum"] = list(EXIT_RULES)
+    # Likewise the methods (sweet.methods): a grid's methods and an export's method are the registry's names.
+    defs, properties = schema.get("$defs", {}), schema.get("properties", {})
+    for where in (defs.get("export", {}).get("properties", {}).get("method"),
+                  properties.get("grids", {}).get("additionalProperties", {}).get("properties", {})
+                  .get("methods", {}).get("items")):
+        if where is not None:
+            where["enum"] = list(METHODS)
     return schema
 
 
@@ -208,6 +216,8 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
             for v in grid[field_name]:
                 if not _is_int(v):
                     raise UserError(f"{key}.{field_name}: {v!r} must be an integer")
+
+    _check_method_options(config)
 
     from sweet.export import check_exports  # light: no torch
 
@@ -271,12 +281,24 @@ def merged_training(config: dict, model: Model, grid: str | None = None) -> dict
     return spec
 
 
+def merged_method_options(config: dict, method: str, grid: str | None = None) -> dict[str, float]:
+    """A method's options in a grid: its defaults, then the top-level ``method_options.<method>``, then the grid's
+    (the selected one unless ``grid`` names another), merged key by key; {} for a method without options."""
+    given = dict((config.get("method_options") or {}).get(method) or {})
+    grid_name = grid or config["grid"]
+    overrides = (config["grids"][grid_name].get("method_options") or {}).get(method) or {}
+    given.update(overrides)
+    where = f"grids.{grid_name}.method_options.{method}" if overrides else f"method_options.{method}"
+    return methods.resolve_options(method, given, where)
+
+
 def grid_spec(config: dict, grid: str, models: dict[str, Model], gpus: int = 0) -> dict[str, Any]:
     """What a grid's tables and report record about it: its axes, per model the exits and training options, and
     its runs (folder and run id: the reporting reads exactly these, and checks each folder's recorded id)."""
     from sweet.layout import grid_runs  # builds on this module
 
     axes = config["grids"][grid]
+    options = {m: merged_method_options(config, m, grid) for m in axes["methods"] if methods.get(m).options}
     return {
         "name": grid,
         **{key: list(axes[key]) for key in ("tasks", "models", "budgets", "methods", "seeds")},
@@ -287,6 +309,9 @@ def grid_spec(config: dict, grid: str, models: dict[str, Model], gpus: int = 0) 
         "revisions": {m: models[m].revision or "main" for m in axes["models"] if models[m].kind == "hub"},
         "runs": [{"dir": r.dir, "calibrated_dir": r.calibrated_dir, "run_id": r.run_id, "settings": r.settings}
                  for r in grid_runs(config, grid, models, gpus)],
+        # The options of the grid's methods that have some (e.g. sep's separation), for their labels; no key when
+        # none has any, so a grid of EE, SWEET and MM records what it recorded before methods had options.
+        **({"method_options": options} if options else {}),
     }
 
 
@@ -352,7 +377,7 @@ def disk_estimate(config: dict, models: dict[str, Model], base: Path = Path(".")
                     if model.arch is None:
                         unknown.add(mname)
                         continue
-                    if method == "mm":
+                    if methods.get(method).per_exit:
                         params = sum(parameter_count(model.arch, d) for d in model.exit_layers)
                     else:
                         params = parameter_count(model.arch) + n_exits * (model.arch["hidden_size"] ** 2)
@@ -407,6 +432,22 @@ def _check_cluster(config: dict) -> None:
         if bad:
             raise UserError(f"gpus: {gpus} GPUs per job would split batches of {bad[0]} unevenly (training.batch_size); "
                             f"use a batch size divisible by {gpus}, or gpus: 1")
+
+
+def _check_method_options(config: dict) -> None:
+    """``method_options`` (top level, and each grid's over it): mappings of a registry method's name to its
+    options, each checked by the registry (unknown option, out of range: one line naming the dotted key)."""
+    sections = [("method_options", config.get("method_options") or {})]
+    sections += [(f"grids.{g}.method_options", spec.get("method_options") or {})
+                 for g, spec in config["grids"].items()]
+    for key, section in sections:
+        for name, options in section.items():
+            if name not in methods.METHODS:
+                raise UserError(f"{key}.{name}: '{name}' is not a method; use one of {', '.join(METHODS)}")
+            if options is not None and not isinstance(options, dict):
+                raise UserError(f"{key}.{name}: must be a mapping of option → value, got {options!r}")
+            # Each side checked whole, so any key-by-key merge of the two is valid too.
+            methods.resolve_options(name, options, f"{key}.{name}")
 
 
 def _coerce_command_line(config: dict) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweet import methods
 from sweet.batches import encode, load_tokenizer, model_device, sorted_batches, to_device
 from sweet.cost import EncoderShape, encoder_shape, layer_costs
 from sweet.errors import UserError
@@ -37,7 +38,12 @@ def load_model(model_dir: str | Path) -> EarlyExitModel | MultiModel:
 
 
 def method_of(model: EarlyExitModel | MultiModel) -> str:
-    return "mm" if isinstance(model, MultiModel) else model.config.method
+    """The method a model was trained with: an EarlyExitModel's config records it; a MultiModel folder records
+    none, and is the registry's per-exit method (MM, the only one: a second would need `combine` to record it)."""
+    if isinstance(model, MultiModel):
+        (per_exit,) = methods.names("per-exit")
+        return per_exit
+    return model.config.method
 
 
 @torch.inference_mode()

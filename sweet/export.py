@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sweet import methods  # the method registry: standard library only
 from sweet.errors import UserError
 
 POLICY_NAME = "exit_policy.json"
@@ -362,7 +363,7 @@ def export_run(
         "chosen_by": chosen,
         "evaluation": evaluation,
         "run": {**identity, "folder": str(paths.run)},
-        "model": {"kind": "multi-model" if method == "mm" else "early-exit", "method": method,
+        "model": {"kind": "multi-model" if methods.get(method).per_exit else "early-exit", "method": method,
                   "exit_layers": exit_layers, "num_labels": int(logits["exit_logits"].shape[-1])},
         "task": {"name": task["name"], "source": task.get("source"), "label_names": list(task["label_names"]),
                  "metrics": list(task["metrics"]), "primary_metric": task["primary_metric"],
@@ -413,7 +414,7 @@ def model_card(policy: dict[str, Any]) -> str:
     what it measured on the run's evaluation split."""
     run, model, task, ev, chosen = (policy[k] for k in ("run", "model", "task", "evaluation", "chosen_by"))
     metric = ev["metric"]
-    method_names = {"ee": "Early-Exit (EE)", "sweet": "SWEET", "mm": "Multi-Model (MM)"}
+    method_name = methods.METHODS[run["method"]].label if run["method"] in methods.METHODS else run["method"]
     if chosen["how"] == "held-out":
         how = (f"chosen on the run's calibration split (held out of the training pool) as the threshold whose "
                f"speedup there is closest to the target {chosen['target_speedup']:g}× (`operating_points.csv`)")
@@ -442,7 +443,7 @@ def model_card(policy: dict[str, Any]) -> str:
     ]
     share = " / ".join(f"{s:.1%}" for s in ev["exit_share"])
     body = f"""
-# {policy['name']}: {method_names.get(run['method'], run['method'])} classifier for `{task['name']}`
+# {policy['name']}: {method_name} classifier for `{task['name']}`
 
 An early-exit text classifier exported by `sweet` (SWEET / Early-Exit / Multi-Model adaptive inference) from one run of
 {'grid `' + policy['grid'] + '`' if policy.get('grid') else 'a grid'}. Each input leaves at the first exit whose
@@ -453,7 +454,7 @@ rule fires; later layers are never computed.
 | task | `{task['name']}` ({task.get('source') or 'unknown source'}), labels {', '.join(f'`{n}`' for n in task['label_names'])} |
 | data | the run's training subset of the task's pool; evaluation on the task's evaluation split ({ev['n_examples']} examples) |
 | budget | {run['budget']} training examples |
-| method | {method_names.get(run['method'], run['method'])} |
+| method | {method_name} |
 | backbone (config name) | `{run['model']}` |
 | seed | {run['seed']} |
 | exits | after layers {', '.join(str(k) for k in model['exit_layers'])} |

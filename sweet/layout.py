@@ -9,9 +9,9 @@ A run's folder is named by what it computes, not by the grid that asked for it::
                                                                                curves.csv, individual_exits.csv
 
 The run id is a short digest of the run's *identity* (:func:`run_identity`): the task and its data, the backbone
-and its revision, the exit layers and pooling, the method, the budget and seed, and the training options the
-method reads. Two grids asking for the same identity share the folder (trained once); two that differ in any of
-these never share one. Operational settings (``save_steps``, ``report_to``, ``threads``, ``hub_cache``, ``scratch_dir``,
+and its revision, the exit layers and pooling, the method (and its options, for a method of sweet.methods that has
+some), the budget and seed, and the training options the method reads. Two grids asking for the same identity
+share the folder (trained once); two that differ in any of these never share one. Operational settings (``save_steps``, ``report_to``, ``threads``, ``hub_cache``, ``scratch_dir``,
 ``keep_checkpoints``, precision on a CPU) change no number and are not part of it. Calibration is not training:
 its settings name the subfolder, so a new ``calibration_size`` or ``calibrate_on`` recalibrates and re-evaluates
 the same trained model.
@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweet import methods
 from sweet.backbones import BACKBONES, resolve_pooling
 from sweet.config import (
     RESULTS,
     SYNTHETIC_DEFAULTS,
     TRAINING_DEFAULTS,
     Model,
+    merged_method_options,
     merged_training,
     resolve_models,
 )
@@ -48,10 +50,12 @@ IDENTITY_VERSION = 1  # bump when the meaning of an identity field changes, so n
 # Training options that change no number of a run (a checkpoint interval, where the training curves are also
 # logged to): never part of its identity.
 OPERATIONAL_TRAINING = ("save_steps", "report_to")
-# Options only some methods read; for the others they are not part of the identity (nothing to retrain).
-METHOD_TRAINING_OPTIONS = {
-    "gradient_conflict_every": ("ee",),  # the probe restores the RNG: it adds a CSV, it changes no weight
-    "shared_pooler": ("ee", "sweet"),  # MM members are stock classifiers with their own pooler
+# Options only some methods read (the registry's ``Method.reads``); for the others they are not part of the
+# identity (nothing to retrain). E.g. gradient_conflict_every: EE only (the probe restores the RNG: it adds a CSV,
+# it changes no weight); shared_pooler: every joint method (MM members are stock classifiers with their own pooler).
+METHOD_TRAINING_OPTIONS: dict[str, tuple[str, ...]] = {
+    option: tuple(m.name for m in methods.METHODS.values() if option in m.reads)
+    for option in dict.fromkeys(o for m in methods.METHODS.values() for o in m.reads)
 }
 # Architectures whose exit heads changed when exits started to be built as the stock classifier's head (DeBERTa's
 # ContextPooler, RoBERTa's and ELECTRA's classification heads): their EE/SWEET runs of the layout before run ids
@@ -109,8 +113,11 @@ def run_identity(
     config: dict, model: Model, task: str, method: str, budget: int, seed: int,
     grid: str | None = None, gpus: int = 0, base: str | Path = ".",
 ) -> dict[str, Any]:
-    """Everything that changes a trained run's numbers, as plain JSON values."""
-    return {
+    """Everything that changes a trained run's numbers, as plain JSON values.
+
+    A method with options (sweet.methods) adds them, resolved, as ``method_options``; a method without any adds
+    no key, so the ids of EE, SWEET and MM runs are those they had before methods had options."""
+    identity: dict[str, Any] = {
         "version": IDENTITY_VERSION,
         "task": task_identity(config["tasks"][task], Path(base)),
         "backbone": backbone_identity(model, Path(base)),
@@ -121,6 +128,10 @@ def run_identity(
         "budget": int(budget),
         "seed": int(seed),
     }
+    options = merged_method_options(config, method, grid)
+    if options:
+        identity["method_options"] = options
+    return identity
 
 
 def run_id(identity: dict[str, Any]) -> str:
@@ -145,9 +156,14 @@ def training_identity(options: dict[str, Any], method: str, gpus: int = 0) -> di
 
 
 def non_default_settings(identity: dict[str, Any]) -> str:
-    """The training options (and a pinned revision) that differ from the package defaults, as ``k=v;k=v``."""
+    """The training options, method options (``separation=0.25``) and a pinned revision that differ from the
+    defaults, as ``k=v;k=v``."""
     training = identity["training"]
     parts = [f"{k}={_text(v)}" for k, v in training.items() if k in TRAINING_DEFAULTS and TRAINING_DEFAULTS[k] != v]
+    options = identity.get("method_options") or {}
+    if options:
+        defaults = methods.get(identity["method"]).options
+        parts += [f"{k}={v:g}" for k, v in options.items() if k in defaults and defaults[k].default != v]
     revision = identity["backbone"].get("revision")
     if revision not in (None, "main"):
         parts.append(f"revision={revision}")

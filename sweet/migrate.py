@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweet import methods
 from sweet.config import Model
 from sweet.layout import (
     HEAD_CHANGED_ARCHITECTURES,
@@ -37,6 +38,9 @@ CALIBRATED_FILES = ("temperatures.json", "calibration_logits.npz", "logits.npz",
 CSV_WITH_META = ("curves.csv", "individual_exits.csv", "gradient_conflict.csv")
 TRAINING_STEPS = ("split", "train", "combine")
 CALIBRATED_STEPS = ("calibrate", "evaluate", "curves")  # the steps the layout before run ids had
+# The methods the layout before run ids had: the registry's others never had a run there (a folder of their name
+# at that place is nobody's old run, so it is never examined or moved).
+LEGACY_METHODS = ("ee", "sweet", "mm")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ def candidates(
     found = []
     for grid in grids or sorted(config["grids"]):
         for run in grid_runs(config, grid, models, gpus):
+            if run.method not in LEGACY_METHODS:
+                continue
             legacy = root / run.legacy_dir
             if run.legacy_dir in seen or not legacy.is_dir() or (root / run.dir / RUN_JSON).exists():
                 continue
@@ -94,7 +100,8 @@ def _examine(run: Run, legacy: Path, model: Model, gpus: int) -> Candidate:
     def no(why: str) -> Candidate:
         return Candidate(run, legacy, why, calibration)
 
-    if run.method == "mm":
+    per_exit = methods.get(run.method).per_exit
+    if per_exit:
         records = [_json(p) for p in sorted((legacy / "members").glob("member_*.json"))]
         if len(records) != len(run.identity["exit_layers"]) or any(r is None for r in records):
             return no("its MM members' training records are incomplete (not a finished run)")
@@ -103,7 +110,7 @@ def _examine(run: Run, legacy: Path, model: Model, gpus: int) -> Candidate:
         if records[0] is None:
             return no("no readable train_metrics.json (not a finished run)")
     model_type = model.model_type_offline
-    if run.method != "mm" and model_type in HEAD_CHANGED_ARCHITECTURES:
+    if not per_exit and model_type in HEAD_CHANGED_ARCHITECTURES:
         return no(f"trained with the exit head sweet used before for {model_type} (BERT's tanh pooler); exits are "
                   "now the stock classifier's head, so this is another model: it is kept, and the run retrains")
     identity = run.identity

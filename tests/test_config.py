@@ -115,8 +115,8 @@ def test_unknown_model_in_grid(config: dict) -> None:
 
 
 def test_unknown_method(config: dict) -> None:
-    config["grids"]["demo"]["methods"] = ["ee", "pabee"]
-    refused(config, "grids.demo.methods.1", "'pabee'", "ee, sweet, mm")
+    config["grids"]["demo"]["methods"] = ["ee", "bogus"]
+    refused(config, "grids.demo.methods.1", "'bogus'", "ee, sweet, mm, pabee")  # the registry's names
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "one", True])

@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 
+from sweet import methods as method_registry  # `methods` is run_files' argument
 from sweet.layout import CALIBRATED_PATTERN, RUN_PATTERN, RUN_RELATIVE, grid_runs
 
 RUN = RUN_PATTERN  # results/runs/{task}/{model}/b{budget}/{method}-{run_id}/s{seed}
@@ -25,6 +26,11 @@ SLUG_TO_MODEL = {m.slug: m for m in MODELS.values()}
 KEEP = bool(config.get("keep_checkpoints", False))
 THREADS = int(config.get("threads", 1))
 EVAL_BATCH = int(config.get("eval_batch_size", 64))
+# The methods' names as wildcard patterns (sweet.methods): every method, the joint ones (one `train` job per
+# run), the per-exit ones (MM: one `train_member` job per exit, then `combine`).
+METHOD_PATTERN = "|".join(re.escape(m) for m in method_registry.names())
+JOINT_PATTERN = "|".join(re.escape(m) for m in method_registry.names("joint")) or "(?!x)x"
+PER_EXIT_PATTERN = "|".join(re.escape(m) for m in method_registry.names("per-exit")) or "(?!x)x"
 
 
 class Untracked:
@@ -51,7 +57,7 @@ wildcard_constraints:
     task=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     budget=r"[1-9][0-9]*",
-    method=r"ee|sweet|mm",
+    method=METHOD_PATTERN,
     run_id=r"[0-9a-f]{8}",
     seed=r"[0-9]+",
     calibration=r"cal-(pool[1-9][0-9]*|eval)",
@@ -90,8 +96,9 @@ def run_dirs():
     return list(grid_run_index().values())
 
 
-def run_files(name, methods=("ee", "sweet", "mm"), calibrated=True):
-    """A file of every run of the grid: from the calibration subfolder, or (calibrated=False) from the training's."""
+def run_files(name, methods=method_registry.names(), calibrated=True):
+    """A file of every run of the grid (of ``methods``: every method by default): from the calibration subfolder,
+    or (calibrated=False) from the training's."""
     return [f"{r.calibrated_dir if calibrated else r.dir}/{name}" for r in run_dirs() if r.method in methods]
 
 
@@ -189,7 +196,7 @@ def pooling_arg(wildcards):
 def model_inputs(wildcards):
     """The trained model a run's calibration and evaluation read: one folder, or MM's members + config."""
     run = run_of(wildcards).dir
-    if wildcards.method != "mm":
+    if not method_registry.get(wildcards.method).per_exit:
         return [f"{run}/model"]
     members = [f"{run}/model/member_{k}" for k in range(1, len(model_of(wildcards).exit_layers) + 1)]
     return [f"{run}/model/sweet_config.json", *members]
@@ -271,20 +278,20 @@ TRAIN_RETRIES = retries_for_training(config, MODELS, ESTIMATE)
 
 # MM members go out as job arrays (slurm profile), and an array is one request for all its tasks: every member
 # of the grid asks for what its largest member needs (the full-depth member of the largest model).
-_MEMBERS = [(m, b, d) for rule, m, b, d in training_jobs(config, MODELS) if rule == "train_member"]
+_MEMBERS = [(m, b, d, method) for rule, m, b, d, method in training_jobs(config, MODELS) if rule == "train_member"]
 
 
 @functools.cache
 def _member_request(attempt):
     """(runtime, mem_mb) every MM member asks for on this attempt: the same for all, so computed once."""
-    return (max(ESTIMATE.train_runtime(m, b, d, attempt) for m, b, d in _MEMBERS),
-            max(ESTIMATE.train_mem_mb(m, d, attempt, array=True) for m, _, d in _MEMBERS))
+    return (max(ESTIMATE.train_runtime(m, b, d, attempt, method) for m, b, d, method in _MEMBERS),
+            max(ESTIMATE.train_mem_mb(m, d, attempt, array=True) for m, _, d, _ in _MEMBERS))
 
 
 def train_runtime(wildcards, attempt):
     if "k" in wildcards.keys():
         return _member_request(attempt)[0]
-    return ESTIMATE.train_runtime(model_of(wildcards), int(wildcards.budget), None, attempt)
+    return ESTIMATE.train_runtime(model_of(wildcards), int(wildcards.budget), None, attempt, wildcards.method)
 
 
 def train_mem_mb(wildcards, attempt):

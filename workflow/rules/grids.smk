@@ -46,7 +46,7 @@ def table_inputs(wildcards):
     if draws_finished_runs(wildcards.grid):
         return []
     return [*run_files("curves.csv"), *run_files("individual_exits.csv"),
-            *run_files("gradient_conflict.csv", methods=("ee", "sweet"), calibrated=False),
+            *run_files("gradient_conflict.csv", methods=method_registry.names("joint"), calibrated=False),
             *operating_point_files()]
 
 

@@ -1,6 +1,6 @@
-# Training: one job per EE/SWEET run; for MM one job per member (so members train in parallel on a cluster; the
-# slurm profile submits them as job arrays) plus a `combine` step. Each run gets its own seeded training subset
-# and calibration split first.
+# Training: one job per run of a joint method (EE, SWEET, …: sweet.methods); for a per-exit method (MM) one job
+# per member (so members train in parallel on a cluster; the slurm profile submits them as job arrays) plus a
+# `combine` step. Each run gets its own seeded training subset and calibration split first.
 #
 # Training jobs are never grouped with the steps after them: a failed calibration or evaluation (or curves)
 # must not delete a finished training, which Snakemake does to every job of a failed group. Cheap steps (split,
@@ -47,9 +47,12 @@ rule calibration_split:
         " {params.calibration} --calibration-out {output} > {log} 2>&1"
 
 
+# A run's method options (sweet.methods) reach `sweet train` in its run record (run.json's identity, what the run
+# id digests), not as --method-options: a changed shell command would make Snakemake retrain every finished run.
 rule train:
-    """Fine-tune an early-exit model (EE: exits share the backbone's gradients; SWEET: each block learns only
-    from its own exit). A killed or signalled job resumes from its checkpoints when rerun."""
+    """Fine-tune an early-exit model with a joint method of sweet.methods (EE: exits share the backbone's
+    gradients; SWEET: each block learns only from its own exit; …). A killed or signalled job resumes from its
+    checkpoints when rerun."""
     input:
         task_dir=task_dir,
         splits=f"{RUN}/splits.json",
@@ -60,7 +63,7 @@ rule train:
         metrics=f"{RUN}/train_metrics.json",
         conflict=f"{RUN}/gradient_conflict.csv",
     wildcard_constraints:
-        method="ee|sweet",
+        method=JOINT_PATTERN,
     params:
         backbone=backbone_arg,
         hub_cache=Untracked(HUB_CACHE),
@@ -93,7 +96,8 @@ rule train:
 
 
 rule train_member:
-    """Multi-Model: member k is an independent model truncated after exit k's layer, fine-tuned on its own."""
+    """A per-exit method (Multi-Model): member k is an independent model truncated after exit k's layer,
+    fine-tuned on its own."""
     input:
         task_dir=task_dir,
         splits=f"{RUN}/splits.json",
@@ -103,7 +107,7 @@ rule train_member:
         model=maybe_temp(directory(f"{RUN}/model/member_{{k}}")),
         metrics=f"{RUN}/members/member_{{k}}.json",
     wildcard_constraints:
-        method="mm",
+        method=PER_EXIT_PATTERN,
     params:
         backbone=backbone_arg,
         hub_cache=Untracked(HUB_CACHE),
@@ -141,7 +145,7 @@ rule combine:
     output:
         maybe_temp(f"{RUN}/model/sweet_config.json"),
     wildcard_constraints:
-        method="mm",
+        method=PER_EXIT_PATTERN,
     log:
         f"results/logs/combine/{LOG_RUN}.log",
     conda:
