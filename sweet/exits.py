@@ -59,6 +59,27 @@ def _learned(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.
     return np.asarray(lte, dtype=np.float64) >= threshold
 
 
+def _patience_last(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+    # _patience's streak at the last exit only: the same integer recurrence, without the [K, N] table.
+    preds = probs.argmax(axis=-1)
+    streak = np.zeros(preds.shape[1:], dtype=np.int64)
+    for k in range(1, preds.shape[0]):
+        streak = np.where(preds[k] == preds[k - 1], streak + 1, 0)
+    return streak >= threshold
+
+
+LastFires = Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]
+
+
+def _per_exit(fires: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]) -> LastFires:
+    """The last-exit decision of a rule whose verdict at exit k reads exit k alone: ``fires`` on that exit only."""
+
+    def last(probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+        return fires(probs[-1:], None if lte is None else lte[-1:], threshold)[0]
+
+    return last
+
+
 @dataclass(frozen=True)
 class ExitRule:
     name: str
@@ -69,6 +90,17 @@ class ExitRule:
     # A threshold at which the rule never fires (every example reaches the last exit): thresholds nearer to it
     # are the more conservative ones, which is the order risk control tests them in (sweet.risk).
     never_fires: float = math.inf
+    # Optional: ``fires(probs, lte, threshold)[-1]`` computed without the verdicts at the earlier exits, which the
+    # online runner (sweet.infer) has already acted on; it asks this at every exit of every batch, so at batch 1
+    # the earlier exits' work would be most of a decision's cost. Must equal ``fires(...)[-1]`` exactly
+    # (tests/test_exits.py checks every rule on random inputs).
+    fires_last: LastFires | None = None
+
+    def fires_at_last(self, probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
+        """Whether the rule fires at the last of the exits given (probs [K, N, C], lte [K, N]): bool [N]."""
+        if self.fires_last is None:
+            return self.fires(probs, lte, threshold)[-1]
+        return self.fires_last(probs, lte, threshold)
 
 
 def _prob_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
@@ -85,13 +117,16 @@ def _patience_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
 
 
 EXIT_RULES: dict[str, ExitRule] = {
-    "confidence": ExitRule("confidence", "confidence", _confidence, _prob_grid),
+    "confidence": ExitRule("confidence", "confidence", _confidence, _prob_grid, fires_last=_per_exit(_confidence)),
     # exits when entropy is LOW
-    "entropy": ExitRule("entropy", "entropy", _entropy, _unit_grid, never_fires=-math.inf),
-    "patience": ExitRule("patience", "patience", _patience, _patience_grid),
-    "learned": ExitRule("learned", "learned-to-exit", _learned, _unit_grid, needs_lte=True),
+    "entropy": ExitRule("entropy", "entropy", _entropy, _unit_grid, never_fires=-math.inf,
+                        fires_last=_per_exit(_entropy)),
+    "patience": ExitRule("patience", "patience", _patience, _patience_grid, fires_last=_patience_last),
+    "learned": ExitRule("learned", "learned-to-exit", _learned, _unit_grid, needs_lte=True,
+                        fires_last=_per_exit(_learned)),
     # top-1 − top-2 lies in [0, 1] for any number of classes
-    "softmax_diff": ExitRule("softmax_diff", "softmax difference (CALM)", _softmax_diff, _unit_grid),
+    "softmax_diff": ExitRule("softmax_diff", "softmax difference (CALM)", _softmax_diff, _unit_grid,
+                             fires_last=_per_exit(_softmax_diff)),
 }
 
 

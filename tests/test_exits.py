@@ -346,3 +346,31 @@ def test_curve_rows_mark_exactly_eleven_reference_rows_per_rule():
         rows = frame[frame.strategy == strategy]
         assert rows.reference_threshold.sum() == 11, strategy
         assert len(rows) == 101, strategy
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the online runner's last-exit decision
+@pytest.mark.parametrize("name", sorted(EXIT_RULES))
+@pytest.mark.parametrize("num_labels", [2, 3, 7])
+def test_fires_at_last_equals_the_last_row_of_fires(name, num_labels):
+    """sweet.infer asks ``fires_at_last`` at exit k; it must be exactly ``fires`` on exits 1..k's last row."""
+    rule = EXIT_RULES[name]
+    rng = np.random.default_rng([sorted(EXIT_RULES).index(name), num_labels])
+    for num_exits in range(1, 6):
+        # Sharp and flat logits, and few classes' worth of repeated predictions (patience's streaks), plus exact
+        # ties between classes (argmax / partition tie-breaking).
+        logits = rng.normal(size=(num_exits, 50, num_labels)) * rng.choice([0.1, 1.0, 8.0], size=(num_exits, 50, 1))
+        logits[:, :5] = 0.0
+        probs = calibrated_probs(logits, rng.uniform(0.5, 2.0, size=num_exits))
+        lte = rng.uniform(size=(num_exits, 50)).astype(np.float32)
+        grid = rule.thresholds(num_labels, num_exits, 11)
+        for threshold in [*grid, *rng.uniform(grid.min(), grid.max(), size=5)]:
+            fires = rule.fires(probs, lte, threshold)
+            assert np.array_equal(rule.fires_at_last(probs, lte, threshold), fires[-1]), (num_exits, threshold)
+            for k in range(num_exits):  # the runner's view at exit k: exits 1..k only
+                assert np.array_equal(rule.fires_at_last(probs[: k + 1], lte[: k + 1], threshold),
+                                      rule.fires(probs[: k + 1], lte[: k + 1], threshold)[-1])
+
+
+def test_every_rule_has_a_last_exit_decision():
+    assert all(rule.fires_last is not None for rule in EXIT_RULES.values())
