@@ -369,11 +369,10 @@ def train(
     for number, stage in enumerate(recipe.stages, start=1):
         # One stage: its own checkpoints (a single-stage method keeps them in work_dir itself, as always) and,
         # once finished, its model in <stage dir>/done, so a later stage's kill never redoes it.
-        stage_dir = work_dir if len(recipe.stages) == 1 else work_dir / f"stage-{number}-{stage.name}"
+        stage_dir = _stage_dir(work_dir, recipe, number)
         done = stage_dir / "done"
         if number > 1:
-            model = EarlyExitModel.from_pretrained(work_dir / f"stage-{number - 1}-{recipe.stages[number - 2].name}"
-                                                   / "done")
+            model = EarlyExitModel.from_pretrained(_stage_dir(work_dir, recipe, number - 1) / "done")
         if (done / "stage.json").is_file():
             stage_record = json.loads((done / "stage.json").read_text())
         else:
@@ -457,6 +456,13 @@ def prepare_stage(model: nn.Module, stage: methods.Stage) -> None:
         for module in trainable:
             for parameter in module.parameters():
                 parameter.requires_grad_(True)
+
+
+def _stage_dir(work_dir: Path, recipe: methods.Method, number: int) -> Path:
+    """Stage ``number``'s (1-based) checkpoints: ``work_dir`` itself for a one-stage method, as always."""
+    if len(recipe.stages) == 1:
+        return work_dir
+    return work_dir / f"stage-{number}-{recipe.stages[number - 1].name}"
 
 
 def _stage_loss(name: str, exit_layers: list[int], options: dict[str, float], **kwargs: Any) -> torch.Tensor:
