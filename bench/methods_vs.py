@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from sweet.reporting.collect import GROUP_KEYS  # noqa: E402
-from sweet.reporting.statistics import METHOD_TARGETS, method_measures_per_seed, t_interval  # noqa: E402
+from sweet.reporting.statistics import METHOD_TARGETS, methods_summary  # noqa: E402
 
 
 def main() -> None:
@@ -30,22 +30,12 @@ def main() -> None:
     curves = pd.read_csv(args.tables / "curves.csv")
     exits = pd.read_csv(args.tables / "individual_exits.csv")
     targets = [float(t) for t in args.targets.split(",")]
-    per_seed = method_measures_per_seed(curves, exits, "confidence", targets)
-    per_seed = per_seed[per_seed["measure"] != "exit"]
-    rows = []
-    keys = [*GROUP_KEYS, "measure", "speedup"]
-    for key, group in per_seed.groupby(keys, dropna=False, sort=False):
-        wide = group.pivot_table(index="seed", columns="method", values="value")
-        if args.reference not in wide:
-            continue
-        for method in wide.columns:
-            if method == args.reference:
-                continue
-            diff = (wide[method] - wide[args.reference]).dropna()
-            mean, low, high, n = t_interval(diff.to_numpy())
-            rows.append({**dict(zip(keys, key)), "method": method, "delta_pts": 100 * mean,
-                         "ci_low_pts": 100 * low, "ci_high_pts": 100 * high, "n_seeds": n})
-    table = pd.DataFrame(rows)
+    summary = methods_summary(curves, exits, "confidence", targets, reference=args.reference)
+    table = summary[(summary["measure"] != "exit") & (summary["n_paired"] > 0)]
+    table = pd.DataFrame({"measure": table["measure"], "speedup": table["speedup"], "method": table["method"],
+                          "delta_pts": 100 * table["delta_vs_ee"], "ci_low_pts": 100 * table["ci_low"],
+                          "ci_high_pts": 100 * table["ci_high"], "n_seeds": table["n_paired"],
+                          **{key: table[key] for key in GROUP_KEYS}})
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(f"Δ vs {args.reference} (points; 95 % t interval over seed-paired differences)")
         print(table.drop(columns=list(GROUP_KEYS)).to_string(index=False, float_format=lambda v: f"{v:+.2f}"))

@@ -78,10 +78,15 @@ class Method:
     stages: tuple[Stage, ...] = (Stage("train", "sum"),)
     options: dict[str, Option] = field(default_factory=dict)
     # Training options (sweet.train.TrainSpec fields) only some methods read; the others ignore them, so they are
-    # not part of those runs' identity.
+    # not part of those runs' identity. Every joint method also reads ``shared_pooler`` (one pooler for all its
+    # exits or one each), added here; an MM member has one exit and no such choice.
     reads: tuple[str, ...] = ()
     # Relative training cost of one run against EE's, for runtime estimates (two stages: two passes over the data).
     training_cost: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.layout == "joint" and "shared_pooler" not in self.reads:
+            object.__setattr__(self, "reads", (*self.reads, "shared_pooler"))
 
     @property
     def per_exit(self) -> bool:
@@ -105,12 +110,12 @@ def register(method: Method) -> Method:
 register(Method(
     "ee", "EE", "#0072B2", "o", "every exit's loss summed; gradient shared across exits",
     "the standard early-exit fine-tuning (e.g. Kaya et al., ICML 2019; Xin et al., ACL 2020)",
-    reads=("gradient_conflict_every", "shared_pooler"),
+    reads=("gradient_conflict_every",),
 ))
 register(Method(
     "sweet", "SWEET", "#D55E00", "s", "each block updated by its own exit's loss only (detached at every exit)",
     "Rotem et al., ACL 2023, https://github.com/schwartz-lab-NLP/SWEET",
-    boundary="detached", reads=("shared_pooler",),
+    boundary="detached",
 ))
 register(Method(
     "mm", "MM", "#009E73", "^", "independent truncated copies of the encoder, run in sequence",
@@ -123,7 +128,7 @@ register(Method(
     "pabee", "PABEE", "#E69F00", "D", "per-exit losses averaged with weights proportional to the exit's depth",
     "Zhou et al., NeurIPS 2020, 'BERT Loses Patience', https://github.com/JetRunner/PABEE (loss Σ i·ℓ_i / Σ i "
     "with an exit after every layer i; here w_i = the exit's layer)",
-    stages=(Stage("train", "depth-weighted"),), reads=("shared_pooler",),
+    stages=(Stage("train", "depth-weighted"),),
 ))
 register(Method(
     "deebert", "DeeBERT", "#56B4E9", "v", "two stages: backbone with the last exit, then the earlier exits alone",
@@ -131,12 +136,12 @@ register(Method(
     "frozen)",
     stages=(Stage("last-exit", "last"),
             Stage("early-exits", "early", trains="early-exits", init_early_from_last=True)),
-    reads=("shared_pooler",), training_cost=2.0,
+    training_cost=2.0,
 ))
 register(Method(
     "berxit", "BERxiT", "#CC79A7", "P", "alternating steps: the last exit's loss, then every exit's",
     "Xin et al., EACL 2021, https://github.com/castorini/berxit (the 'alternating' fine-tuning strategy)",
-    stages=(Stage("train", "alternating"),), reads=("shared_pooler",),
+    stages=(Stage("train", "alternating"),),
 ))
 register(Method(
     "distill", "Self-distill", "#000000", "X", "earlier exits learn from the labels and the last exit's soft labels",
@@ -148,20 +153,18 @@ register(Method(
         "temperature": Option(2.0, 0.0, 100.0, "[assumption] a common distillation temperature (Hinton et al., "
                               "2015 scale the term by T²)", low_open=True),
     },
-    reads=("shared_pooler",),
 ))
 register(Method(
     "ge", "GE", "#999999", "*", "gradient equilibrium: each exit's gradient into the backbone rescaled",
     "Li et al., ICCV 2019 ('IMTA'); ElasticBERT's fine-tuning (Liu et al., NAACL 2022), "
     "https://github.com/fastnlp/ElasticBERT",
-    boundary="equilibrium", reads=("shared_pooler",),
+    boundary="equilibrium",
 ))
 register(Method(
     "sep", "Partial separation", "#882255", "h", "gradient crossing each exit boundary scaled by (1 − α)",
     "this package: α = 0 is EE, α = 1 is SWEET",
     boundary="partial",
     options={"separation": Option(0.5, 0.0, 1.0, "[assumption] halfway between EE and SWEET")},
-    reads=("shared_pooler",),
 ))
 
 
@@ -183,9 +186,9 @@ def label(name: str, options: dict[str, Any] | None = None) -> str:
     method = METHODS.get(name)
     if method is None:
         return name
-    differ = {k: v for k, v in (options or {}).items() if k in method.options and v != method.options[k].default}
-    if name == "sep":
+    if name == "sep":  # its one option is what it is: always shown
         return f"{method.label} α={resolve_options(name, options)['separation']:g}"
+    differ = {k: v for k, v in (options or {}).items() if k in method.options and v != method.options[k].default}
     if differ:
         return f"{method.label} ({', '.join(f'{k}={v:g}' for k, v in differ.items())})"
     return method.label

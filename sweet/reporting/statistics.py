@@ -424,11 +424,14 @@ def method_measures_per_seed(curves_df: pd.DataFrame, exits_df: pd.DataFrame, st
 
 
 def methods_summary(curves_df: pd.DataFrame, exits_df: pd.DataFrame, strategy: str = "confidence",
-                    speedups: Sequence[float] = METHOD_TARGETS, level: float = LEVEL) -> pd.DataFrame:
+                    speedups: Sequence[float] = METHOD_TARGETS, level: float = LEVEL,
+                    reference: str = BASELINE) -> pd.DataFrame:
     """Every method of every setting on every measure of ``method_measures_per_seed``: mean and sample std over
     the seeds where it is defined, and the seed-paired difference to EE (``delta_vs_ee``, the mean over seeds
     both have) with its Student-t interval (``t_interval``, as pairwise_summary.csv). EE's own row, and every
-    row of a setting without EE, has no Δ (NaN, ``n_paired`` 0); with one paired seed the interval is NaN."""
+    row of a setting without EE, has no Δ (NaN, ``n_paired`` 0); with one paired seed the interval is NaN.
+    ``reference``: another method to take the differences against (the columns keep their names; methods.csv is
+    always against EE, ``bench/methods_vs.py`` uses this)."""
     per_seed = method_measures_per_seed(curves_df, exits_df, strategy, speedups)
     if per_seed.empty:
         return empty_frame(METHODS_COLUMNS)
@@ -439,11 +442,11 @@ def methods_summary(curves_df: pd.DataFrame, exits_df: pd.DataFrame, strategy: s
         ident = dict(zip(keys, key))
         for method, runs in group.groupby("method", sort=False):
             mean, std, n = _mean_std(runs["value"])
-            if method == BASELINE:
+            if method == reference:
                 delta, low, high, paired = np.nan, np.nan, np.nan, 0
             else:
                 delta, low, high, paired = t_interval(
-                    paired_seed_differences(group, "value", method, BASELINE).to_numpy(), level)
+                    paired_seed_differences(group, "value", method, reference).to_numpy(), level)
             rows.append({**ident, "method": method, "label": display_name(method),
                          "exit_layer": runs["exit_layer"].iloc[0], "metric": runs["metric"].iloc[0], "mean": mean,
                          "std": std, "n_seeds": n, "delta_vs_ee": delta, "ci_low": low, "ci_high": high,
