@@ -23,7 +23,8 @@ from sweet import methods  # noqa: E402
 GROUPS = {
     "curve": ("curve_eval_efficiency", "curve_eval_speedup", "curve_eval_speedup_101"),
     "early_exit": ("early_exit_efficiency_bs1", "early_exit_efficiency_bs32"),
-    "classifier": ("classifier_efficiency_bs1", "classifier_efficiency_bs32"),
+    "classifier": ("classifier_efficiency_bs1", "classifier_flops_efficiency_bs1", "classifier_efficiency_bs32",
+                   "classifier_flops_efficiency_bs32"),
     "train": ("train_step_overhead", *(f"train_step_{m}" for m in methods.names("joint")), "train_mm_cost_vs_ee",
               "gradient_conflict_overhead"),
     "dryrun": ("paper_dryrun_seconds",),
