@@ -186,7 +186,7 @@ def bench_classifier(n_bs1: int, n_bs32: int, reps: int, seed: int = 2) -> list[
             for target in TARGETS:
                 layers = np.array([p.exit_layer for p in taken[target]])
                 theoretical = EXIT_LAYERS[-1] / layers.mean()
-                work = _flops_speedup(model, tokenizer, sample, layers, batch_size, chunk)
+                flops = _flops_speedup(model, tokenizer, sample, layers, batch_size, chunk)
                 measured = med([b / t for b, t in zip(times["stock"], times[target])])
                 # Same model: where the classifier ran to the last exit it answers as the stock classifier does
                 # (up to float ties of a near-0.5 probability between differently batched kernels).
@@ -197,8 +197,8 @@ def bench_classifier(n_bs1: int, n_bs32: int, reps: int, seed: int = 2) -> list[
                               "theoretical_speedup": round(float(theoretical), 3),
                               "measured_speedup": round(measured, 3),
                               "efficiency": round(measured / theoretical, 3),
-                              "flops_speedup": round(work, 3),
-                              "flops_efficiency": round(measured / work, 3),
+                              "flops_speedup": round(flops, 3),
+                              "flops_efficiency": round(measured / flops, 3),
                               "seconds": round(med(times[target]), 2),
                               "ratio_per_rep": " ".join(f"{b / t:.3f}" for b, t in zip(times["stock"], times[target])),
                               "exit_share": " ".join(f"{s:.3f}" for s in share)})
