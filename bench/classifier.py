@@ -70,20 +70,25 @@ def _classifier_predict(classifier, texts: list[str], batch_size: int) -> list:
     return classifier.predict(texts, batch_size=batch_size)
 
 
-def _flops_speedup(model, tokenizer, texts: list[str], exit_layers: np.ndarray, batch_size: int, chunk: int) -> float:
-    """1 / ``sweet.cost.flops_fraction`` (the FLOPs accounting the curves and the model card report) of this run,
-    each row counted at the width it was computed at: its batch's padded length, with the batches ``predict``
-    forms (length-sorted within each timed chunk of ``chunk`` texts; ``exit_layers`` in text order)."""
+def _widths(tokenizer, texts: list[str], batch_size: int, chunk: int) -> np.ndarray:
+    """Per text, the width it is computed at: its batch's padded length, with the batches ``predict`` forms
+    (length-sorted within each timed chunk of ``chunk`` texts)."""
     from sweet.batches import encode, sorted_batches
-    from sweet.cost import encoder_shape, flops_fraction
 
     widths = np.zeros(len(texts))
     for start in range(0, len(texts), chunk):
         feats = encode([{"text": t} for t in texts[start : start + chunk]], tokenizer)
         for idx, batch in sorted_batches(feats, batch_size, tokenizer.pad_token_id or 0):
             widths[start + idx] = batch["input_ids"].shape[1]
+    return widths
+
+
+def _flops_speedup(shape, widths: np.ndarray, exit_layers: np.ndarray) -> float:
+    """1 / ``sweet.cost.flops_fraction`` (the FLOPs accounting the curves and the model card report) of this run,
+    each row counted at its computed width (``exit_layers`` in text order)."""
+    from sweet.cost import flops_fraction
+
     exit_index = np.array([EXIT_LAYERS.index(int(e)) for e in exit_layers])
-    shape = encoder_shape(model.backbone.config, "cls", 2)
     return 1.0 / flops_fraction(exit_index, widths, np.array(EXIT_LAYERS), "ee", shape)
 
 
@@ -130,6 +135,7 @@ def _fake_run(root: Path, model, calibration: list[str], evaluation: list[str], 
 
 def bench_classifier(n_bs1: int, n_bs32: int, reps: int, seed: int = 2) -> list[Row]:
     import sweet
+    from sweet.cost import encoder_shape
     from sweet.export import ExportPaths, PolicyRequest, export_run
 
     texts, labels = sst2_sentences("dev")
@@ -149,6 +155,7 @@ def bench_classifier(n_bs1: int, n_bs32: int, reps: int, seed: int = 2) -> list[
         with open(run / "operating_points.csv", encoding="utf-8") as fh:
             thresholds = {float(r["target_speedup"]): float(r["threshold"]) for r in csv.DictReader(fh)}
         stock = _stock_classifier(model)
+        shape = encoder_shape(model.backbone.config, "cls", 2)  # the bench model's exits read [CLS]
         tokenizer = classifier.tokenizer
         for batch_size, count in ((1, n_bs1), (32, n_bs32)):
             sample = evaluation[:count]
@@ -182,11 +189,12 @@ def bench_classifier(n_bs1: int, n_bs32: int, reps: int, seed: int = 2) -> list[
                     times[name].append(spent[name])
             classifier.threshold = thresholds[2.0]
             base = med(times["stock"])
+            widths = _widths(tokenizer, sample, batch_size, chunk)  # the same for every threshold
             table = []
             for target in TARGETS:
                 layers = np.array([p.exit_layer for p in taken[target]])
                 theoretical = EXIT_LAYERS[-1] / layers.mean()
-                flops = _flops_speedup(model, tokenizer, sample, layers, batch_size, chunk)
+                flops = _flops_speedup(shape, widths, layers)
                 measured = med([b / t for b, t in zip(times["stock"], times[target])])
                 # Same model: where the classifier ran to the last exit it answers as the stock classifier does
                 # (up to float ties of a near-0.5 probability between differently batched kernels).

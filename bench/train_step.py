@@ -72,10 +72,6 @@ def _method_call(model, optimizer, batch: dict, method: str, stage: int = 0, ste
     return set_up, run_step
 
 
-def _nothing() -> None:
-    return None
-
-
 def bench_train_step(rounds: int, batch_size: int = 16, seed: int = 2) -> list[Row]:
     from transformers import BertForSequenceClassification
 
@@ -95,16 +91,15 @@ def bench_train_step(rounds: int, batch_size: int = 16, seed: int = 2) -> list[R
     plain, exits = stock(12), early_exit_model("ee", 0).train()
     members = {depth: stock(depth) for depth in EXIT_LAYERS[:-1]}  # member 4 (12 layers) is the plain model
     opt = {"plain": _optimizer(plain), "exits": _optimizer(exits), **{d: _optimizer(m) for d, m in members.items()}}
-    exits_optimizer = opt["exits"]
     # name -> (untimed set-up, timed call)
-    calls: dict[str, tuple] = {"plain": (_nothing, lambda: _stock_step(plain, opt["plain"], batch))}
+    calls: dict[str, tuple] = {"plain": (lambda: None, lambda: _stock_step(plain, opt["plain"], batch))}
     for name in methods.names("joint"):
         for number, _ in enumerate(methods.get(name).stages):
             calls[f"{name}" if number == 0 else f"{name}_stage{number + 1}"] = _method_call(
-                exits, exits_optimizer, batch, name, number)
-    calls["berxit_odd"] = _method_call(exits, exits_optimizer, batch, "berxit", 0, 1)
+                exits, opt["exits"], batch, name, number)
+    calls["berxit_odd"] = _method_call(exits, opt["exits"], batch, "berxit", 0, 1)
     for depth, member in members.items():
-        calls[f"mm_member_{depth}"] = (_nothing, lambda m=member, o=opt[depth]: _stock_step(m, o, batch))
+        calls[f"mm_member_{depth}"] = (lambda: None, lambda m=member, o=opt[depth]: _stock_step(m, o, batch))
     calls["probe"] = (calls["ee"][0], lambda: gradient_conflict(exits, batch, 0))
     for set_up, call in calls.values():  # warm-up (also allocates the optimizer state)
         set_up()
@@ -131,20 +126,19 @@ def bench_train_step(rounds: int, batch_size: int = 16, seed: int = 2) -> list[R
         """(mean of these calls' fastest wall-clock round) / the stock step's fastest round."""
         return float(np.mean([fastest[n] for n in names])) / fastest["plain"]
 
+    def stage_names(name: str) -> list[str]:
+        return [n for n in calls if n == name or n.startswith(f"{name}_stage")]
+
     per_method = {"berxit": ratio("berxit", "berxit_odd")}  # a pair of steps: ℓ_L, then every exit's
     for name in methods.names("joint"):
-        stages = [n for n in calls if n == name or n.startswith(f"{name}_stage")]
         # a multi-stage method passes over the data once per stage: its cost per training example is the sum
-        per_method.setdefault(name, sum(ratio(s) for s in stages))
+        per_method.setdefault(name, sum(ratio(s) for s in stage_names(name)))
     same_flops = [m for m in per_method if len(methods.get(m).stages) == 1]
     worst = max(same_flops, key=per_method.get)
     t = cpu_median
     steps = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items())
     threads = torch.get_num_threads()
     mm_total = sum(t[f"mm_member_{d}"] for d in EXIT_LAYERS[:-1]) + t["plain"]
-
-    def stage_names(name: str) -> list[str]:
-        return [n for n in calls if n == name or n.startswith(f"{name}_stage")]
 
     rows = [
         Row("train_step_overhead", per_method[worst], "<=1.10", "x",
