@@ -22,7 +22,8 @@ from sweet import methods  # noqa: E402
 
 GROUPS = {
     "curve": ("curve_eval_efficiency", "curve_eval_speedup", "curve_eval_speedup_101"),
-    "early_exit": ("early_exit_efficiency_bs1", "early_exit_efficiency_bs32"),
+    "early_exit": ("early_exit_efficiency_bs1", "early_exit_flops_efficiency_bs1", "early_exit_efficiency_bs32",
+                   "early_exit_flops_efficiency_bs32"),
     "classifier": ("classifier_efficiency_bs1", "classifier_flops_efficiency_bs1", "classifier_efficiency_bs32",
                    "classifier_flops_efficiency_bs32"),
     "train": ("train_step_overhead", *(f"train_step_{m}" for m in methods.names("joint")), "train_mm_cost_vs_ee",
@@ -50,7 +51,7 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
     if group == "train":
         from train_step import bench_train_step
 
-        return bench_train_step(rounds=5 if quick else 11)
+        return bench_train_step(min_rounds=3 if quick else 8, max_seconds=240 if quick else 1200)
     if group == "dryrun":
         from workflow_bench import bench_dryrun
 
@@ -86,7 +87,7 @@ def markdown(rows: list[Row], info: dict[str, str], command: str) -> str:
             else:
                 keys = list(table[0])
                 lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-                lines += ["| " + " | ".join(str(item[k]) for k in keys) + " |" for item in table]
+                lines += ["| " + " | ".join(str(item.get(k, "")) for k in keys) + " |" for item in table]
     return "\n".join(lines) + "\n"
 
 

@@ -5,15 +5,16 @@ the method's loss (``sweet.losses``) and an AdamW step; DeeBERT's two stages (st
 last exit frozen) and BERxiT's even/odd pair are timed as such. One early-exit model serves every method (the
 method is read at each forward pass), so ten BERT-base copies do not have to fit in memory.
 
-Stable on a shared machine: the calls are interleaved in a new random order each round, and each call is timed
-twice over: by the CPU time this process spent in it (``time.process_time``) and by the wall clock. A row is
-the ratio of the median CPU times: with one torch thread (``--threads 1``) the CPU time is the step's own
-arithmetic and Python, and what other processes do to the machine shows in it only through caches and memory
-bandwidth, while the wall clock also counts every moment the step waited for a core. The wall-clock ratio of
-each call's fastest round to the stock step's fastest (other processes only ever slow a call down) is in the
-detail. With more threads, idle threads spin and the CPU time counts the spinning: use one. What a call sets up
-(the method's options, DeeBERT stage 2's frozen parameters) happens before its timers start, as `sweet.train`
-sets a stage up once, not at every step.
+Why the design is what it is: on a shared VM the machine's speed drifts by 5-10 % over tens of seconds (other
+tenants, clock boost), far more than the few per cent a method's hooks cost. So every method call is sandwiched
+between two stock steps (one chain per round: stock, m1, stock, m2, ..., stock, in a new random order each
+round), and the unit of measurement is the call's CPU time over the mean of its two neighbours': a drift that is
+linear over the sandwich cancels. CPU time (``time.process_time``, with ``--threads 1``) is the step's own
+arithmetic and Python; it does not count the moments the step waited for a core. A row is the geometric mean of
+its per-round ratios, with a 95 % t-interval on the log scale; rounds continue until every goal row's interval
+is within ``precision`` (default ±1.5 %, so two runs should agree within ~3 %) or the time cap is reached, and the
+rows say which. What a call sets up (the method's options, DeeBERT stage 2's frozen parameters) happens before
+its timer starts, as ``sweet.train`` sets a stage up once, not at every step.
 """
 
 from __future__ import annotations
@@ -72,7 +73,19 @@ def _method_call(model, optimizer, batch: dict, method: str, stage: int = 0, ste
     return set_up, run_step
 
 
-def bench_train_step(rounds: int, batch_size: int = 16, seed: int = 2) -> list[Row]:
+def _geometric_mean(ratios: list[float]) -> tuple[float, float]:
+    """(geometric mean, relative half-width of its 95 % t-interval): per-round ratios are log-normal-ish."""
+    from scipy import stats
+
+    logs = np.log(ratios)
+    if len(logs) < 2:
+        return float(np.exp(logs.mean())), float("inf")
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    return float(np.exp(logs.mean())), float(np.expm1(half))
+
+
+def bench_train_step(min_rounds: int, max_seconds: float, precision: float = 0.015, batch_size: int = 16,
+                     seed: int = 2) -> list[Row]:
     from transformers import BertForSequenceClassification
 
     from sweet.batches import pad
@@ -91,84 +104,112 @@ def bench_train_step(rounds: int, batch_size: int = 16, seed: int = 2) -> list[R
     plain, exits = stock(12), early_exit_model("ee", 0).train()
     members = {depth: stock(depth) for depth in EXIT_LAYERS[:-1]}  # member 4 (12 layers) is the plain model
     opt = {"plain": _optimizer(plain), "exits": _optimizer(exits), **{d: _optimizer(m) for d, m in members.items()}}
-    # name -> (untimed set-up, timed call)
-    calls: dict[str, tuple] = {"plain": (lambda: None, lambda: _stock_step(plain, opt["plain"], batch))}
+    # name -> (untimed set-up, timed call). The methods' calls run every round; the rest (rows without a goal,
+    # the probe alone costs three EE steps) only in the first `min_rounds`.
+    calls: dict[str, tuple] = {}
     for name in methods.names("joint"):
         for number, _ in enumerate(methods.get(name).stages):
             calls[f"{name}" if number == 0 else f"{name}_stage{number + 1}"] = _method_call(
                 exits, opt["exits"], batch, name, number)
     calls["berxit_odd"] = _method_call(exits, opt["exits"], batch, "berxit", 0, 1)
+    every_round = list(calls)
     for depth, member in members.items():
         calls[f"mm_member_{depth}"] = (lambda: None, lambda m=member, o=opt[depth]: _stock_step(m, o, batch))
     calls["probe"] = (calls["ee"][0], lambda: gradient_conflict(exits, batch, 0))
+    calls["plain"] = (lambda: None, lambda: _stock_step(plain, opt["plain"], batch))
     for set_up, call in calls.values():  # warm-up (also allocates the optimizer state)
         set_up()
         call()
-    times: dict[str, list[float]] = {name: [] for name in calls}  # wall seconds per round
-    cpu: dict[str, list[float]] = {name: [] for name in calls}  # this process's CPU seconds per round
-    order = list(calls)
-    for _ in range(rounds):
+
+    def run(name: str) -> tuple[float, float]:
+        """(CPU seconds, wall seconds) of one call, its set-up untimed."""
+        set_up, call = calls[name]
+        set_up()
+        cpu_start = time.process_time()
+        wall = timed(call)[0]
+        return time.process_time() - cpu_start, wall
+
+    cpu_ratio: dict[str, list[float]] = {name: [] for name in calls if name != "plain"}  # per round
+    wall_ratio: dict[str, list[float]] = {name: [] for name in cpu_ratio}
+    plain_cpu: list[float] = []
+
+    def per_method(ratios: dict[str, list[float]]) -> dict[str, list[float]]:
+        """Each goal row's per-round ratio: a multi-stage method passes over the data once per stage, so its cost
+        per training example is the sum of its stages'; BERxiT's is the mean of an even (ℓ_L) and an odd step."""
+        rows: dict[str, list[float]] = {}
+        for name in methods.names("joint"):
+            parts = [n for n in every_round if n == name or n.startswith(f"{name}_stage")]
+            rows[name] = list(np.sum([ratios[n] for n in parts], axis=0))
+        rows["berxit"] = list(np.mean([ratios["berxit"], ratios["berxit_odd"]], axis=0))
+        return rows
+
+    started, rounds = time.perf_counter(), 0
+    while True:
+        order = every_round + (list(calls)[len(every_round):-1] if rounds < min_rounds else [])
         rng.shuffle(order)
+        before = run("plain")
+        plain_cpu.append(before[0])
         for name in order:
-            set_up, call = calls[name]
-            set_up()
-            cpu_start = time.process_time()
-            times[name].append(timed(call)[0])
-            cpu[name].append(time.process_time() - cpu_start)
-    fastest = {name: min(v) for name, v in times.items()}
-    cpu_median = {name: med(v) for name, v in cpu.items()}
+            own, after = run(name), run("plain")
+            plain_cpu.append(after[0])
+            cpu_ratio[name].append(own[0] / ((before[0] + after[0]) / 2))
+            wall_ratio[name].append(own[1] / ((before[1] + after[1]) / 2))
+            before = after
+        rounds += 1
+        widest = max(_geometric_mean(v)[1] for v in per_method(cpu_ratio).values())
+        elapsed = time.perf_counter() - started
+        if rounds >= min_rounds and (widest <= precision or elapsed >= max_seconds):
+            break
 
-    def ratio(*names: str) -> float:
-        """(mean of these calls' median CPU time) / the stock step's median CPU time."""
-        return float(np.mean([cpu_median[n] for n in names])) / cpu_median["plain"]
-
-    def wall(*names: str) -> float:
-        """(mean of these calls' fastest wall-clock round) / the stock step's fastest round."""
-        return float(np.mean([fastest[n] for n in names])) / fastest["plain"]
-
-    def stage_names(name: str) -> list[str]:
-        return [n for n in calls if n == name or n.startswith(f"{name}_stage")]
-
-    per_method = {"berxit": ratio("berxit", "berxit_odd")}  # a pair of steps: ℓ_L, then every exit's
-    for name in methods.names("joint"):
-        # a multi-stage method passes over the data once per stage: its cost per training example is the sum
-        per_method.setdefault(name, sum(ratio(s) for s in stage_names(name)))
-    same_flops = [m for m in per_method if len(methods.get(m).stages) == 1]
-    worst = max(same_flops, key=per_method.get)
-    t = cpu_median
-    steps = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items())
+    estimate = {name: _geometric_mean(v) for name, v in per_method(cpu_ratio).items()}
+    wall_estimate = {name: _geometric_mean(v)[0] for name, v in per_method(wall_ratio).items()}
+    call_ratio = {name: _geometric_mean(v)[0] for name, v in cpu_ratio.items()}
+    same_flops = [m for m in estimate if len(methods.get(m).stages) == 1]
+    worst = max(same_flops, key=lambda m: estimate[m][0])
+    plain_ms = med(plain_cpu) * 1000
+    noise = float(np.std(plain_cpu) / np.mean(plain_cpu))
     threads = torch.get_num_threads()
-    mm_total = sum(t[f"mm_member_{d}"] for d in EXIT_LAYERS[:-1]) + t["plain"]
+    stopped = (f"every goal row within ±{precision:.1%}" if widest <= precision
+               else f"time cap {max_seconds:.0f} s reached with the widest interval ±{widest:.1%} (target ±{precision:.1%})")
+    protocol = (f"{rounds} sandwiched rounds in {elapsed:.0f} s ({stopped}); stock step {plain_ms:.0f} ms CPU median, "
+                f"its CPU time varied by {noise:.1%} (CV) over the run; {threads} torch thread(s)")
+
+    def shown(name: str) -> str:
+        value, half = estimate[name]
+        return f"{value:.3f} ± {half:.1%}"
 
     rows = [
-        Row("train_step_overhead", per_method[worst], "<=1.10", "x",
-            f"worst of the methods whose FLOPs equal EE's ({worst}); × stock BertForSequenceClassification step "
-            f"(fwd+bwd+AdamW, batch {batch_size}×{width} tokens of SST-2), median CPU time over {rounds} "
-            f"interleaved rounds, {threads} torch thread(s); CPU ms per step: {steps}",
-            {"step_cpu_ms_median": {k: round(v * 1000, 1) for k, v in t.items()},
-             "step_wall_ms_fastest": {k: round(v * 1000, 1) for k, v in fastest.items()},
-             "step_wall_ms_median": {k: round(med(v) * 1000, 1) for k, v in times.items()}}),
+        Row("train_step_overhead", estimate[worst][0], "<=1.10", "x",
+            f"worst of the methods whose FLOPs equal EE's ({worst}, {shown(worst)}); × stock "
+            f"BertForSequenceClassification step (fwd+bwd+AdamW, batch {batch_size}×{width} tokens of SST-2), "
+            f"geometric mean of per-round CPU-time ratios to the neighbouring stock steps; {protocol}",
+            {"step_cpu_ratio_per_call": {k: round(v, 4) for k, v in call_ratio.items()},
+             "interval_half_width": {k: f"{v[1]:.1%}" for k, v in estimate.items()},
+             "cpu_ratio_per_round": [{"round": i + 1, **{k: round(v[i], 3) for k, v in cpu_ratio.items() if i < len(v)}}
+                                     for i in range(rounds)]}),
     ]
-    for name, value in per_method.items():
+    for name, (value, _) in estimate.items():
         stages = methods.get(name).stages
         if len(stages) > 1:
-            detail = (f"{' + '.join(s.name for s in stages)}: "
-                      + " + ".join(f"{ratio(n):.3f}" for n in stage_names(name))
-                      + " (one pass over the data per stage; FLOPs differ from EE's); wall clock, fastest rounds: "
-                      + f"{sum(wall(n) for n in stage_names(name)):.3f}")
+            parts = [n for n in every_round if n == name or n.startswith(f"{name}_stage")]
+            detail = (f"{shown(name)}; {' + '.join(s.name for s in stages)}: "
+                      + " + ".join(f"{call_ratio[n]:.3f}" for n in parts)
+                      + " (one pass over the data per stage; FLOPs differ from EE's)")
         elif name == "berxit":
-            detail = (f"mean of its even (ℓ_L) and odd (every exit) steps: {ratio('berxit'):.3f}, "
-                      f"{ratio('berxit_odd'):.3f}; wall clock, fastest rounds: {wall('berxit', 'berxit_odd'):.3f}")
+            detail = (f"{shown(name)}; mean of its even (ℓ_L) and odd (every exit) steps: "
+                      f"{call_ratio['berxit']:.3f}, {call_ratio['berxit_odd']:.3f}")
         else:
-            detail = (f"{methods.get(name).label} step / stock step, median CPU time over {rounds} rounds; wall "
-                      f"clock, fastest rounds: {wall(name):.3f}")
-        rows.append(Row(f"train_step_{name}", value, "<=1.10" if name in same_flops else "-", "x", detail))
+            detail = f"{shown(name)}; {methods.get(name).label} step / neighbouring stock steps, CPU time"
+        rows.append(Row(f"train_step_{name}", value, "<=1.10" if name in same_flops else "-", "x",
+                        f"{detail}; wall clock {wall_estimate[name]:.3f}; {rounds} rounds"))
+    mm_total = sum(call_ratio[f"mm_member_{d}"] for d in EXIT_LAYERS[:-1]) + 1.0  # + the 12-layer member = plain
     rows += [
-        Row("train_mm_cost_vs_ee", mm_total / t["ee"], "-", "x",
-            f"Σ member steps (depths {EXIT_LAYERS}; the 12-layer member = the plain step) {mm_total:.2f} s / EE step {t['ee']:.2f} s; "
-            f"layer count alone predicts {sum(EXIT_LAYERS) / EXIT_LAYERS[-1]:.2f}"),
-        Row("gradient_conflict_overhead", t["probe"] / (PROBE_EVERY * t["ee"]), "-", "fraction",
-            f"one probe = {t['probe'] / t['ee']:.2f} EE steps ({t['probe']:.2f} s); amortised every {PROBE_EVERY} steps "
-            "(the demo grid's gradient_conflict_every)"),
+        Row("train_mm_cost_vs_ee", mm_total / call_ratio["ee"], "-", "x",
+            f"Σ member steps (depths {EXIT_LAYERS}; the 12-layer member = the plain step) {mm_total:.2f} stock steps "
+            f"/ EE step {call_ratio['ee']:.3f} stock steps ({min_rounds} rounds); layer count alone predicts "
+            f"{sum(EXIT_LAYERS) / EXIT_LAYERS[-1]:.2f}"),
+        Row("gradient_conflict_overhead", call_ratio["probe"] / (PROBE_EVERY * call_ratio["ee"]), "-", "fraction",
+            f"one probe = {call_ratio['probe'] / call_ratio['ee']:.2f} EE steps ({min_rounds} rounds); amortised "
+            f"every {PROBE_EVERY} steps (the demo grid's gradient_conflict_every)"),
     ]
     return rows

@@ -451,7 +451,7 @@ def _check_method_options(config: dict) -> None:
 
 
 def _coerce_command_line(config: dict) -> None:
-    """`--config partial=true gpus=null cluster='{max_mem_mb: 8000}'` arrive as strings (snakemake reads
+    """`--config partial=true gpus=null cluster='{max_mem_mb: 8000}' method_options=…` arrive as strings (snakemake reads
     mappings with YAML's BaseLoader): read the keys whose schema wants booleans, numbers or null as YAML would."""
     import yaml
 
@@ -467,6 +467,10 @@ def _coerce_command_line(config: dict) -> None:
     for key in ("cluster", "training"):
         if isinstance(config.get(key), dict):
             config[key] = {k: typed(v) for k, v in config[key].items()}
+    # --config method_options='{sep: {separation: 0.25}}': its numbers sit one mapping deeper
+    if isinstance(config.get("method_options"), dict):
+        config["method_options"] = {name: {k: typed(v) for k, v in options.items()} if isinstance(options, dict)
+                                    else options for name, options in config["method_options"].items()}
 
 
 def _is_int(v: Any) -> bool:

@@ -117,13 +117,18 @@ def test_training_cost_scales_the_runtime_estimate() -> None:
 
 # ------------------------------------------------------------------------------------------------ workflow
 @pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
-def test_dry_run_plans_every_registry_method(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options_from", ["configfile", "command line"])
+def test_dry_run_plans_every_registry_method(tmp_path: Path, options_from: str) -> None:
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     import yaml
 
-    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump({**ALL, "method_options": {"sep": {"separation": 0.25}}}))
+    options = {"sep": {"separation": 0.25}}
+    overlay = {**ALL, "method_options": options} if options_from == "configfile" else ALL
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     cmd = ["snakemake", "-n", "-p", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "--configfile", str(tmp_path / "overlay.yaml")]
+    if options_from == "command line":  # snakemake reads it with YAML's BaseLoader: every number a string
+        cmd += ["--config", "method_options={sep: {separation: 0.25}}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
