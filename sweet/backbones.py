@@ -54,6 +54,12 @@ class Backbone:
     # (ModernBERT's masked-LM `head`, which the stock classifier reuses; DeBERTa's `pooler`, which fine-tuned
     # checkpoints carry): every exit head starts from it where the checkpoint has it, fresh otherwise.
     pretrained_head: str | None = None
+    # How the stock classifier initialises what it adds to the AutoModel; the exits' new layers are initialised
+    # alike, so EE's last exit starts where a single-exit fine-tune (and an MM member) does. "normal":
+    # N(0, initializer_range) on every new linear layer (BERT, RoBERTa, ELECTRA, DeBERTa, Qwen2). "modernbert":
+    # normals truncated at ± initializer_cutoff_factor σ, the prediction head's dense at
+    # initializer_range / √(2 · layers), the classifier at hidden_size^-½ (ModernBertPreTrainedModel._init_weights).
+    head_init: str = "normal"
     # The norm the stock model applies after its *last* layer only. Intermediate layers' outputs are not
     # normalised, so every exit gets its own copy, initialised from the pretrained one, and applies it before
     # pooling: exit k then sees what the stock classifier truncated to L_k layers would, and SWEET shares
@@ -110,6 +116,7 @@ BACKBONES: dict[str, Backbone] = {
         layers="layers",
         head="prediction-head",
         pretrained_head="head",
+        head_init="modernbert",
         final_norm="final_norm",
         stock_poolings=("cls", "mean"),
         stock_pooling_option="classifier_pooling",

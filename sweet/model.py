@@ -341,11 +341,25 @@ class EarlyExitModel(nn.Module):
         self.config.save(folder)
 
     def _init_heads(self, pretrained: nn.Module | None) -> None:
-        std = getattr(self.backbone.config, "initializer_range", 0.02)
+        config = self.backbone.config
+        std = getattr(config, "initializer_range", 0.02)
+        pooler_std = classifier_std = std
+        cutoff = None  # "normal" (see Backbone.head_init)
+        if backbone_spec(config.model_type).head_init == "modernbert":
+            cutoff = getattr(config, "initializer_cutoff_factor", None) or 3.0  # as the stock code: 3 when unset
+            pooler_std = std / (2.0 * config.num_hidden_layers) ** 0.5
+            classifier_std = config.hidden_size**-0.5
+        classifiers = {id(head.classifier) for head in self.heads}
+        learned_exit = {id(m) for m in self.lte_heads or []}  # no stock counterpart: initializer_range
         new_parts = [self.heads, self.lte_heads, self.shared_pooler]
+        # One pass in module order (the random draws of the "normal" backbones are as they always were).
         linears = [m for part in new_parts if part is not None for m in part.modules() if isinstance(m, nn.Linear)]
         for linear in linears:
-            nn.init.normal_(linear.weight, std=std)
+            scale = classifier_std if id(linear) in classifiers else std if id(linear) in learned_exit else pooler_std
+            if cutoff is None:
+                nn.init.normal_(linear.weight, std=scale)
+            else:
+                nn.init.trunc_normal_(linear.weight, std=scale, a=-cutoff * scale, b=cutoff * scale)
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
         if pretrained is not None:

@@ -10,6 +10,7 @@ padding, user errors, and that layers after the last exit never run.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -284,6 +285,36 @@ def test_modernbert_exits_start_from_the_pretrained_head(tmp_path_factory):
             assert all(torch.equal(pooler.state_dict()[k], v) for k, v in pretrained.items())
     member = MultiModel.from_pretrained(folder, num_labels=NUM_LABELS, exit_layers=[2]).members[0].classifier
     assert all(torch.equal(member.head.state_dict()[k], v) for k, v in pretrained.items())
+
+
+def test_modernbert_fresh_head_layers_are_drawn_as_the_stock_classifier_draws_them():
+    """ModernBERT's stock classifier draws what it adds from normals truncated at ± initializer_cutoff_factor σ: the prediction head's dense
+    at initializer_range / √(2 · layers), the classifier at hidden_size^-½. The exits' fresh layers are drawn
+    alike (BERT's N(0, initializer_range) would make this dense 2.8× and this classifier 1.6× too wide)."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
+
+    from sweet.model import EarlyExitConfig
+
+    config = ModernBertConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=DEPTH,
+                              num_attention_heads=4, initializer_range=0.2, num_labels=NUM_LABELS,
+                              pad_token_id=0, bos_token_id=3, cls_token_id=3, eos_token_id=2, sep_token_id=2)
+    dense_std, classifier_std = 0.2 / (2 * DEPTH) ** 0.5, 64**-0.5
+    torch.manual_seed(0)
+    model = EarlyExitModel(EarlyExitConfig(EXITS, NUM_LABELS), ModernBertModel(config))  # no pretrained head
+    stock = ModernBertForSequenceClassification(config)
+    cut = config.initializer_cutoff_factor  # 2 by default
+    mass = math.erf(cut / 2**0.5)  # the std of a unit normal cut at ±cut:
+    truncated = (1 - 2 * cut * math.exp(-cut**2 / 2) / (2 * math.pi) ** 0.5 / mass) ** 0.5
+
+    def drawn_as(weights: torch.Tensor, std: float, tolerance: float) -> bool:
+        weights = weights.detach().flatten()
+        return bool(weights.abs().max() <= cut * std) and abs(float(weights.std()) / (truncated * std) - 1) < tolerance
+
+    # the analytic values are the stock classifier's (128 classifier weights: a wider tolerance)
+    assert drawn_as(stock.head.dense.weight, dense_std, 0.05) and drawn_as(stock.classifier.weight, classifier_std, 0.2)
+    assert drawn_as(torch.cat([h.pooler.dense.weight.flatten() for h in model.heads]), dense_std, 0.05)
+    assert drawn_as(torch.cat([h.classifier.weight.flatten() for h in model.heads]), classifier_std, 0.1)
+    assert all(not bool(h.classifier.bias.any()) for h in model.heads)
 
 
 def test_exit_losses_are_each_exits_cross_entropy(tmp_path_factory):
