@@ -116,6 +116,7 @@ def bench_train_step(min_rounds: int, max_seconds: float, precision: float = 0.0
     for depth, member in members.items():
         calls[f"mm_member_{depth}"] = (lambda: None, lambda m=member, o=opt[depth]: _stock_step(m, o, batch))
     calls["probe"] = (calls["ee"][0], lambda: gradient_conflict(exits, batch, 0))
+    first_rounds_only = [name for name in calls if name not in every_round]
     calls["plain"] = (lambda: None, lambda: _stock_step(plain, opt["plain"], batch))
     for set_up, call in calls.values():  # warm-up (also allocates the optimizer state)
         set_up()
@@ -145,7 +146,7 @@ def bench_train_step(min_rounds: int, max_seconds: float, precision: float = 0.0
 
     started, rounds = time.perf_counter(), 0
     while True:
-        order = every_round + (list(calls)[len(every_round):-1] if rounds < min_rounds else [])
+        order = every_round + (first_rounds_only if rounds < min_rounds else [])
         rng.shuffle(order)
         before = run("plain")
         plain_cpu.append(before[0])
