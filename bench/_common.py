@@ -103,6 +103,28 @@ def spread_heads(model, calibration: list[dict], batch_size: int = 64) -> None:
             head.classifier.bias.copy_(torch.tensor([0.0, -scale * float(margin.mean())]))
 
 
+def padded_widths(feats: list[dict], batch_size: int, pad_token_id: int = 0) -> np.ndarray:
+    """Per example, the width it is computed at: its length-sorted batch's padded length (``sorted_batches``)."""
+    from sweet.batches import sorted_batches
+
+    widths = np.zeros(len(feats))
+    for idx, batch in sorted_batches(feats, batch_size, pad_token_id):
+        widths[idx] = batch["input_ids"].shape[1]
+    return widths
+
+
+def flops_efficiency_row(row_id: str, table: list[dict], goal: str, widths: str) -> Row:
+    """The row of a per-threshold timing table against the FLOPs speedup instead of the layer count (the table's
+    ``flops_efficiency``, ``flops_speedup`` and ``theoretical_speedup`` at 1.5×, 2×, 3×); ``widths`` says at which
+    widths the FLOPs were counted."""
+    flops_eff = {row["target"]: row["flops_efficiency"] for row in table}
+    two = next(row for row in table if row["target"] == 2.0)
+    return Row(row_id, flops_eff[2.0], goal, "ratio",
+               f"the same timings against the FLOPs speedup, 1 / sweet.cost.flops_fraction at {widths} "
+               f"(2x row: {two['flops_speedup']:.3f} vs layer-count {two['theoretical_speedup']:.3f}); at "
+               f"1.5x/2x/3x: {flops_eff[1.5]:.2f}/{flops_eff[2.0]:.2f}/{flops_eff[3.0]:.2f}")
+
+
 def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
     """(wall seconds, result) of one call."""
     start = time.perf_counter()

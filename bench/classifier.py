@@ -30,8 +30,10 @@ from _common import (
     Row,
     early_exit_model,
     features,
+    flops_efficiency_row,
     med,
     minilm_dir,
+    padded_widths,
     spread_heads,
     sst2_sentences,
     timed,
@@ -73,14 +75,12 @@ def _classifier_predict(classifier, texts: list[str], batch_size: int) -> list:
 def _widths(tokenizer, texts: list[str], batch_size: int, chunk: int) -> np.ndarray:
     """Per text, the width it is computed at: its batch's padded length, with the batches ``predict`` forms
     (length-sorted within each timed chunk of ``chunk`` texts)."""
-    from sweet.batches import encode, sorted_batches
+    from sweet.batches import encode
 
-    widths = np.zeros(len(texts))
-    for start in range(0, len(texts), chunk):
-        feats = encode([{"text": t} for t in texts[start : start + chunk]], tokenizer)
-        for idx, batch in sorted_batches(feats, batch_size, tokenizer.pad_token_id or 0):
-            widths[start + idx] = batch["input_ids"].shape[1]
-    return widths
+    return np.concatenate([
+        padded_widths(encode([{"text": t} for t in texts[start : start + chunk]], tokenizer), batch_size,
+                      tokenizer.pad_token_id or 0)
+        for start in range(0, len(texts), chunk)])
 
 
 def _flops_speedup(shape, widths: np.ndarray, exit_layers: np.ndarray) -> float:
@@ -211,7 +211,6 @@ def bench_classifier(n_bs1: int, n_bs32: int, reps: int, seed: int = 2) -> list[
                               "ratio_per_rep": " ".join(f"{b / t:.3f}" for b, t in zip(times["stock"], times[target])),
                               "exit_share": " ".join(f"{s:.3f}" for s in share)})
             eff = {row["target"]: row["efficiency"] for row in table}
-            flops_eff = {row["target"]: row["flops_efficiency"] for row in table}
             goal = ">=0.90" if batch_size == 1 else ">=0.85"
             detail = (f"exported classifier (held-out 2x operating point) vs stock BertForSequenceClassification "
                       f"{base:.2f} s, texts to labels; at 1.5x/2x/3x: {eff[1.5]:.2f}/{eff[2.0]:.2f}/{eff[3.0]:.2f}; "
@@ -220,10 +219,6 @@ def bench_classifier(n_bs1: int, n_bs32: int, reps: int, seed: int = 2) -> list[
                       + ", ".join(f"{t:.2f}" for t in times["stock"]) + ")")
             rows.append(Row(f"classifier_efficiency_bs{batch_size}", eff[2.0], goal, "ratio", detail,
                             {"per_threshold": table}))
-            two = next(row for row in table if row["target"] == 2.0)
-            rows.append(Row(
-                f"classifier_flops_efficiency_bs{batch_size}", flops_eff[2.0], goal, "ratio",
-                f"the same timings against the FLOPs speedup, 1 / sweet.cost.flops_fraction at the widths computed "
-                f"(2x row: {two['flops_speedup']:.3f} vs layer-count {two['theoretical_speedup']:.3f}); at "
-                f"1.5x/2x/3x: {flops_eff[1.5]:.2f}/{flops_eff[2.0]:.2f}/{flops_eff[3.0]:.2f}"))
+            rows.append(flops_efficiency_row(f"classifier_flops_efficiency_bs{batch_size}", table, goal,
+                                             "the widths computed"))
     return rows

@@ -16,7 +16,9 @@ from _common import (
     early_exit_model,
     features,
     float_ties,
+    flops_efficiency_row,
     med,
+    padded_widths,
     spread_heads,
     sst2_sentences,
     timed,
@@ -41,16 +43,6 @@ def _runner(model, feats: list[dict], batch_size: int, threshold: float):
     from sweet.infer import run_early_exit
 
     return run_early_exit(model, feats, EXIT_RULES["confidence"], threshold, np.ones(len(EXIT_LAYERS)), batch_size)
-
-
-def _widths(feats: list[dict], batch_size: int) -> np.ndarray:
-    """Per example, the width it is computed at: its length-sorted batch's padded length (the runner's batches)."""
-    from sweet.batches import sorted_batches
-
-    widths = np.zeros(len(feats))
-    for idx, batch in sorted_batches(feats, batch_size, 0):
-        widths[idx] = batch["input_ids"].shape[1]
-    return widths
 
 
 def bench_early_exit(n_bs1: int, n_bs32: int, reps: int, seed: int = 1) -> list[Row]:
@@ -85,7 +77,7 @@ def bench_early_exit(n_bs1: int, n_bs32: int, reps: int, seed: int = 1) -> list[
             for name, (fn, *fn_args) in configs.items():
                 times[name].append(timed(fn, *fn_args)[0])
         ties, flops_speedup = 0, {}
-        widths = _widths(feats, batch_size)
+        widths = padded_widths(feats, batch_size)
         shape = encoder_shape(model.backbone.config, "cls", 2)  # the bench model's exits read [CLS]
         for t in chosen:  # the measured runs really took the simulated exits (up to float ties)
             preds, exits = _runner(model, feats, batch_size, t)
@@ -111,11 +103,6 @@ def bench_early_exit(n_bs1: int, n_bs32: int, reps: int, seed: int = 1) -> list[
                   + (f"; {ties} float tie(s) at a threshold" if ties else ""))
         rows.append(Row(f"early_exit_efficiency_bs{batch_size}", eff[2.0], goal, "ratio", detail,
                         {"per_threshold": table, "baselines": {k: round(v, 3) for k, v in baselines.items()}}))
-        flops_eff = {row["target"]: row["flops_efficiency"] for row in table}
-        two = next(row for row in table if row["target"] == 2.0)
-        rows.append(Row(
-            f"early_exit_flops_efficiency_bs{batch_size}", flops_eff[2.0], goal, "ratio",
-            f"the same timings against the FLOPs speedup, 1 / sweet.cost.flops_fraction at the padded widths "
-            f"(2x row: {two['flops_speedup']:.3f} vs layer-count {two['theoretical_speedup']:.3f}); at "
-            f"1.5x/2x/3x: {flops_eff[1.5]:.2f}/{flops_eff[2.0]:.2f}/{flops_eff[3.0]:.2f}"))
+        rows.append(flops_efficiency_row(f"early_exit_flops_efficiency_bs{batch_size}", table, goal,
+                                         "the padded widths"))
     return rows

@@ -113,6 +113,9 @@ def bench_train_step(min_rounds: int, max_seconds: float, precision: float = 0.0
                 exits, opt["exits"], batch, name, number)
     calls["berxit_odd"] = _method_call(exits, opt["exits"], batch, "berxit", 0, 1)
     every_round = list(calls)
+    # a method's calls, one per training stage
+    stage_calls = {name: [n for n in every_round if n == name or n.startswith(f"{name}_stage")]
+                   for name in methods.names("joint")}
     for depth, member in members.items():
         calls[f"mm_member_{depth}"] = (lambda: None, lambda m=member, o=opt[depth]: _stock_step(m, o, batch))
     calls["probe"] = (calls["ee"][0], lambda: gradient_conflict(exits, batch, 0))
@@ -139,8 +142,7 @@ def bench_train_step(min_rounds: int, max_seconds: float, precision: float = 0.0
         per training example is the sum of its stages'; BERxiT's is the mean of an even (ℓ_L) and an odd step."""
         rows: dict[str, list[float]] = {}
         for name in methods.names("joint"):
-            parts = [n for n in every_round if n == name or n.startswith(f"{name}_stage")]
-            rows[name] = list(np.sum([ratios[n] for n in parts], axis=0))
+            rows[name] = list(np.sum([ratios[n] for n in stage_calls[name]], axis=0))
         rows["berxit"] = list(np.mean([ratios["berxit"], ratios["berxit_odd"]], axis=0))
         return rows
 
@@ -192,9 +194,8 @@ def bench_train_step(min_rounds: int, max_seconds: float, precision: float = 0.0
     for name, (value, _) in estimate.items():
         stages = methods.get(name).stages
         if len(stages) > 1:
-            parts = [n for n in every_round if n == name or n.startswith(f"{name}_stage")]
             detail = (f"{shown(name)}; {' + '.join(s.name for s in stages)}: "
-                      + " + ".join(f"{call_ratio[n]:.3f}" for n in parts)
+                      + " + ".join(f"{call_ratio[n]:.3f}" for n in stage_calls[name])
                       + " (one pass over the data per stage; FLOPs differ from EE's)")
         elif name == "berxit":
             detail = (f"{shown(name)}; mean of its even (ℓ_L) and odd (every exit) steps: "
