@@ -3,7 +3,7 @@
 The job is what a cluster runs: `python -m sweet train` in a fresh process (imports, model loading, training,
 saving), on a randomly initialised BERT-base-shaped encoder (12 layers, hidden 768; the offline synthetic
 vocabulary, so embeddings are small) and the synthetic task, on the GPU when there is one (else the CPU).
-Reported: the job's wall time, the training throughput it sustained in the FLOPs `sweet/cluster.py` counts
+Reported: the job's wall time, the training throughput it sustained in the FLOPs `sweet/plan/cluster.py` counts
 (6 per parameter and token, tokens = examples × epochs × max_length, the padding bound the estimate assumes),
 and the estimate's ratio to the measured time (>= 1: the request is long enough). On a GPU, the measured
 throughput is the value to put in `cluster.gpu_tflops`.
@@ -39,8 +39,8 @@ def _sweet(*args: str | Path, cwd: Path, threads: int = 1) -> subprocess.Complet
 
 
 def bench_train_job(budget: int, threads: int) -> list[Row]:
-    from sweet.cluster import SAFETY, START_MINUTES, Estimator
-    from sweet.config import Model, load_config_file, parameter_count
+    from sweet.plan.cluster import SAFETY, START_MINUTES, Estimator
+    from sweet.plan.config import Model, load_config_file, parameter_count
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {threads} threads"
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,7 @@ __all__ = ["EarlyExitClassifier", "EarlyExitConfig", "EarlyExitModel", "ExitOutp
 __version__ = "0.1.0"
 
 # The public classes pull in torch and transformers (seconds to import). They load on first access so that the
-# light modules (sweet.config, sweet.reporting) stay fast for Snakemake's parse step and the table/figure rules.
+# light modules (sweet.plan.config, sweet.reporting) stay fast for Snakemake's parse step and the table/figure rules.
 _LAZY = {
     "EarlyExitClassifier": "sweet.classifier",
     "load_classifier": "sweet.classifier",

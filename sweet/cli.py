@@ -91,8 +91,8 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from sweet.hub import fetch_backbone
     from sweet.io import write_json
+    from sweet.plan.hub import fetch_backbone
 
     fetched = fetch_backbone(args.model, args.hub_cache, args.revision)
     fetched["requested_revision"] = args.revision
@@ -103,7 +103,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from sweet.data import load_prepared
-    from sweet.hub import resolve_backbone, snapshot_revision
+    from sweet.plan.hub import resolve_backbone, snapshot_revision
     from sweet.train import TrainingInterrupted, TrainSpec, train, write_training_record
 
     spec = TrainSpec.from_dict(args.train_spec)
@@ -201,8 +201,8 @@ def cmd_curves(args: argparse.Namespace) -> None:
 
 def cmd_migrate_runs(args: argparse.Namespace) -> None:
     """Move runs of the layout before run ids that this configuration names into their run-id folders."""
-    from sweet.config import load_config_file, merge, validate
-    from sweet.migrate import candidates, migrate
+    from sweet.plan.config import load_config_file, merge, validate
+    from sweet.plan.migrate import candidates, migrate
 
     config = load_config_file(args.config)
     for overlay in args.configfile or []:

@@ -37,12 +37,12 @@ from sweet import methods
 from sweet.audit import require_separation, separation_audit
 from sweet.backbones import embedding_module, first_layer_extra
 from sweet.batches import encode
-from sweet.config import REPORT_TO_PACKAGES
 from sweet.errors import UserError
 from sweet.io import atomic_dir, write_csv, write_json
 from sweet.losses import method_loss
 from sweet.model import EarlyExitModel, exit_loss_terms
 from sweet.multimodel import MemberModel
+from sweet.plan.config import REPORT_TO_PACKAGES
 from sweet.provenance import provenance
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -332,7 +332,7 @@ def train(
     loss (``sweet.losses``) over the parameters it trains; ``method_options`` are the method's options.
     ``tracking``: where ``spec.report_to``'s integration logs (default ``tracking_dir(out, member)``).
     ``pooling``: how every exit (and each MM member) pools the hidden states; None is the architecture's default.
-    ``backbone`` is a local folder (a hub id is resolved to its cached snapshot first: ``sweet.hub``). A job killed
+    ``backbone`` is a local folder (a hub id is resolved to its cached snapshot first: ``sweet.plan.hub``). A job killed
     or signalled mid-training resumes from the newest complete checkpoint in ``work_dir`` when rerun (of the stage
     it was in: a finished stage is kept in ``work_dir`` and never redone); on SIGTERM or SIGUSR1 it saves one
     first and raises ``TrainingInterrupted``.

@@ -3,7 +3,7 @@
 Each README command line (profile × --configfile × --config) is dry-run (`snakemake -n`) in a scratch folder
 holding config.yaml and the `slurm/` profile, and the planned jobs' resources are read from snakemake's own
 output. No cluster is needed: a dry run plans, it never submits. The arithmetic behind the numbers
-(sweet/cluster.py) is checked exactly below.
+(sweet/plan/cluster.py) is checked exactly below.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweet import cluster
-from sweet.config import KNOWN_BACKBONES, Model, load_config_file, parameter_count, validate
+from sweet.plan import cluster
+from sweet.plan.config import KNOWN_BACKBONES, Model, load_config_file, parameter_count, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RULES = {"train", "train_member", "calibrate", "evaluate"}
@@ -203,8 +203,8 @@ def test_peak_checkpoint_space_counts_the_largest_concurrent_jobs() -> None:
     ({"cluster": {"max_runtime": 60}}, ["cluster.max_runtime", "unknown"]),
 ])
 def test_bad_cluster_values_are_one_line_errors(values: dict, words: list[str]) -> None:
-    from sweet.config import merge
     from sweet.errors import UserError
+    from sweet.plan.config import merge
 
     config = merge(load_config_file(ROOT / "config.yaml"), values)
     with pytest.raises(UserError) as err:
@@ -214,7 +214,7 @@ def test_bad_cluster_values_are_one_line_errors(values: dict, words: list[str]) 
 
 
 def test_command_line_values_are_typed_as_yaml() -> None:
-    from sweet.config import merge
+    from sweet.plan.config import merge
 
     config = merge(load_config_file(ROOT / "config.yaml"),
                    {"gpus": "null", "scratch_dir": "null", "cluster": {"max_runtime_minutes": "240"}})

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sweet.config import (
+from sweet.errors import UserError
+from sweet.plan.config import (
     describe_disk,
     disk_estimate,
     load_config_file,
@@ -20,7 +21,6 @@ from sweet.config import (
     slug,
     validate,
 )
-from sweet.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_training_keys_match_trainspec(shipped: dict) -> None:
     tree = ast.parse((ROOT / "sweet" / "train.py").read_text())
     spec = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TrainSpec")
     fields = {n.target.id for n in spec.body if isinstance(n, ast.AnnAssign)}
-    from sweet.config import load_schema
+    from sweet.plan.config import load_schema
 
     assert set(load_schema()["$defs"]["training"]["properties"]) == fields
 
@@ -290,7 +290,7 @@ def test_merge_is_key_by_key(shipped: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ disk estimate
 def test_parameter_counts_of_known_models() -> None:
-    from sweet.config import KNOWN_BACKBONES
+    from sweet.plan.config import KNOWN_BACKBONES
 
     # bert-base-uncased has 109.5M parameters, bert-large-uncased 335M (published counts).
     assert abs(parameter_count(KNOWN_BACKBONES["bert-base-uncased"]) - 109.5e6) < 1e6
@@ -309,16 +309,16 @@ def test_disk_estimate_of_paper_grid(config: dict) -> None:
 
 
 def test_config_module_does_not_import_torch() -> None:
-    code = "import sys, sweet.config; print('torch' in sys.modules)"
+    code = "import sys, sweet.plan.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "False", "sweet.config (or sweet/__init__.py) imports torch: dry runs get slow"
+    assert out.stdout.strip() == "False", "sweet.plan.config (or sweet/__init__.py) imports torch: dry runs get slow"
 
 
 def test_task_keys_match_the_data_module() -> None:
     """The schema's keys of each task source are exactly those sweet.data.prepare_task accepts."""
     import ast
 
-    from sweet.config import load_schema
+    from sweet.plan.config import load_schema
 
     tree = ast.parse((ROOT / "sweet" / "data.py").read_text())
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", "") == "SPEC_KEYS")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from sweet import methods
-from sweet.cluster import Estimator, training_jobs
-from sweet.config import load_config_file, load_schema, merge, validate
 from sweet.errors import UserError
-from sweet.layout import METHOD_TRAINING_OPTIONS, grid_runs
+from sweet.plan.cluster import Estimator, training_jobs
+from sweet.plan.config import load_config_file, load_schema, merge, validate
+from sweet.plan.layout import METHOD_TRAINING_OPTIONS, grid_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = {"grid": "all", "grids": {"all": {"tasks": ["synthetic"], "models": ["tiny-bert"], "budgets": [1000],
@@ -163,7 +163,7 @@ def test_cli_method_choices_are_the_registry() -> None:
 
 def test_migrate_examines_only_the_methods_the_old_layout_had(tmp_path: Path) -> None:
     """The layout before run ids held EE, SWEET and MM runs only: a folder named after another method is nobody's."""
-    from sweet.migrate import candidates
+    from sweet.plan.migrate import candidates
 
     config, models = configured({**ALL, "grids": {"all": {**ALL["grids"]["all"], "methods": ["ee", "pabee"]}}})
     by_method = {r.method: r for r in grid_runs(config, "all", models, base=ROOT)}

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from test_figures import write_fake_grid, write_fake_run
 
-from sweet.config import load_config_file, merge, validate
-from sweet.layout import grid_runs as layout_grid_runs
+from sweet.plan.config import load_config_file, merge, validate
+from sweet.plan.layout import grid_runs as layout_grid_runs
+from sweet.plan.status import grid_runs, last_finished_grid, run_status, runs_fingerprint
 from sweet.reporting.figures import make_figures
 from sweet.reporting.report import make_report
-from sweet.reporting.runs import grid_runs, last_finished_grid, run_status, runs_fingerprint
 from sweet.reporting.tables import aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,11 +52,11 @@ def test_reporting_modules_import_only_earlier_stages() -> None:
                     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweet.reporting.")}
         later = imported - set(LAYERS[:position])
         assert not later, f"sweet/reporting/{name}.py imports {sorted(later)}, which come later in the flow"
-    # runs.py is read while Snakemake plans: standard library, sweet.layout and the (torch-free) method registry
+    # runs.py is read while Snakemake plans: standard library, sweet.plan.layout and the (torch-free) method registry
     tree = ast.parse((ROOT / "sweet" / "reporting" / "runs.py").read_text())
     modules = {n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(tree)
                if isinstance(n, ast.Import | ast.ImportFrom) for a in (n.names if isinstance(n, ast.Import) else [n])}
-    assert modules <= {"__future__", "hashlib", "re", "dataclasses", "pathlib", "sweet.layout", "sweet.methods"}, \
+    assert modules <= {"__future__", "hashlib", "re", "dataclasses", "pathlib", "sweet.plan.layout", "sweet.methods"}, \
         modules
     assert not (ROOT / "sweet" / "aggregate.py").exists() and not (ROOT / "sweet" / "plots.py").exists()
 

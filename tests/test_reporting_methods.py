@@ -15,6 +15,7 @@ import test_figures
 from test_figures import write_fake_run
 
 from sweet import methods as registry
+from sweet.plan.status import NOT_FOR, STEPS
 from sweet.reporting.collect import (
     DISPLAY,
     METHOD_ORDER,
@@ -36,7 +37,6 @@ from sweet.reporting.figures import (
     stage_boundaries,
 )
 from sweet.reporting.report import make_report, methods_blocks
-from sweet.reporting.runs import NOT_FOR, STEPS
 from sweet.reporting.statistics import METHODS_COLUMNS, methods_summary
 from sweet.reporting.tables import aggregate
 

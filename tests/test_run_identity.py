@@ -1,4 +1,4 @@
-"""A run's folder is what it computes (sweet.layout): settings that change numbers change the run id, operational
+"""A run's folder is what it computes (sweet.plan.layout): settings that change numbers change the run id, operational
 ones do not; two grids that differ never share a folder, two that agree share it; calibration is not training;
 runs of the layout before run ids are recognised and moved, never silently retrained."""
 
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from test_workflow_kill import _copy_tree
 
-from sweet.config import TRAINING_DEFAULTS, load_config_file, merge, validate
-from sweet.layout import calibration_key, grid_runs, run_id, run_identity
+from sweet.plan.config import TRAINING_DEFAULTS, load_config_file, merge, validate
+from sweet.plan.layout import calibration_key, grid_runs, run_id, run_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_calibration_key() -> None:
 
 
 def test_identity_is_planned_without_torch() -> None:
-    code = ("import sys; from sweet.config import load_config_file, validate; from sweet.layout import grid_runs; "
+    code = ("import sys; from sweet.plan.config import load_config_file, validate; from sweet.plan.layout import grid_runs; "
             "c = load_config_file('config.yaml'); c['grid'] = 'paper'; m = validate(c); grid_runs(c, 'paper', m); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -396,12 +396,12 @@ def test_a_grid_trained_on_two_revisions_of_a_backbone_says_so() -> None:
 
 
 def test_config_does_not_import_the_cluster_module() -> None:
-    """sweet.cluster builds on sweet.config, never the other way round (no import cycle)."""
+    """sweet.plan.cluster builds on sweet.plan.config, never the other way round (no import cycle)."""
     import ast
 
     tree = ast.parse((ROOT / "sweet" / "config.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert "sweet.cluster" not in imported
-    code = "import sweet.config, sys; print('sweet.cluster' in sys.modules)"
+    assert "sweet.plan.cluster" not in imported
+    code = "import sweet.plan.config, sys; print('sweet.plan.cluster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

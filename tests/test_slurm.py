@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_MINUTES, MAX_MEM_MB = 60, 6000  # the partition caps .ci/run gives .ci/slurm-up.sh
 TINY_BERT = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
              "intermediate_size": 128, "max_position_embeddings": 128, "tokenizer": "synthetic", "seed": 0}
-RUN = "results/runs/synthetic-smoke/tiny-hub/b200"  # then <method>-<run id>/s1 (sweet.layout)
+RUN = "results/runs/synthetic-smoke/tiny-hub/b200"  # then <method>-<run id>/s1 (sweet.plan.layout)
 OVERLAY = """\
 grid: drill
 grids:

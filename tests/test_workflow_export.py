@@ -19,7 +19,7 @@ from test_workflow_kill import _copy_tree
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
 
 NEEDS_THE_MODEL = {"train", "train_member", "combine", "calibrate", "evaluate", "export"}
-RUNS = "results/runs/synthetic-tiny/tiny-bert/b200"  # then sweet-<run id>/s1 (sweet.layout)
+RUNS = "results/runs/synthetic-tiny/tiny-bert/b200"  # then sweet-<run id>/s1 (sweet.plan.layout)
 EXPORT = {"task": "synthetic-tiny", "model": "tiny-bert", "budget": 200, "method": "sweet", "seed": 1,
           "policy": "manual", "rule": "confidence", "threshold": 0.8}
 

@@ -13,8 +13,8 @@ import pytest
 from test_figures import write_fake_run
 from test_workflow_kill import _copy_tree
 
-from sweet.config import load_config_file, validate
-from sweet.layout import Run, grid_runs
+from sweet.plan.config import load_config_file, validate
+from sweet.plan.layout import Run, grid_runs
 
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
 

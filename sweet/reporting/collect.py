@@ -16,7 +16,7 @@ import pandas as pd
 
 from sweet import methods as method_registry
 from sweet.errors import UserError
-from sweet.reporting.runs import RunStatus, run_file, run_status, training_dir
+from sweet.plan.status import RunStatus, run_file, run_status, training_dir
 
 RUN_KEYS = ["task", "model", "budget", "method", "seed"]
 GROUP_KEYS = ["task", "model", "budget"]  # a setting: one speed–accuracy figure, one block of a table
@@ -33,7 +33,7 @@ OPERATING_POINT_COLUMNS = [*RUN_KEYS, "strategy", "target_speedup", "threshold",
                            "calibration_score", "eval_speedup", "eval_score", "envelope_score"]
 RISK_CONTROL_COLUMNS = [*RUN_KEYS, "strategy", "risk", "epsilon", "delta", "threshold", "certified", "why",
                         "calibration_risk", "upper_bound", "eval_risk", "eval_speedup", "eval_score"]
-# What every run's CSVs carry besides RUN_KEYS (sweet.layout.Run.meta), so results/ CSVs filter by settings.
+# What every run's CSVs carry besides RUN_KEYS (sweet.plan.layout.Run.meta), so results/ CSVs filter by settings.
 SETTINGS_KEYS = ["run_id", "settings", "calibration"]
 RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail", "backbone_revision",
                "git_commit", "torch", "transformers", "run"]
@@ -130,7 +130,7 @@ def collect(
 ) -> Collected:
     """Concatenate the finished runs' CSVs; say for every run whether it finished and, if not, why.
 
-    ``run_dirs`` are calibrated run folders (sweet.reporting.runs). ``logs_root`` is where the steps' logs are
+    ``run_dirs`` are calibrated run folders (sweet.plan.status). ``logs_root`` is where the steps' logs are
     (results/logs beside results/runs by default); ``model_names`` maps model folder names back to configuration
     names (microsoft--deberta-base → microsoft/deberta-base) for runs that left no CSV to read them from;
     ``expected_ids`` (folder → run id, a grid's) makes a folder that records another run id count as missing,

@@ -1,6 +1,6 @@
 # Grid expansion, per-run paths and per-job resources, shared by every rule file.
 #
-# The run layout is sweet.layout's (its docstring has the map): a run's training lives in
+# The run layout is sweet.plan.layout's (its docstring has the map): a run's training lives in
 #   results/runs/<task>/<model slug>/b<budget>/<method>-<run id>/s<seed>/
 # and its calibration, evaluation and curves in the subfolder named by the calibration settings (cal-pool<N> or
 # cal-eval). The run id is a digest of everything that changes the run's numbers, so two grids that ask for the
@@ -15,7 +15,7 @@ import re
 import shlex
 
 from sweet import methods as method_registry  # `methods` is run_files' argument
-from sweet.layout import CALIBRATED_PATTERN, RUN_PATTERN, RUN_RELATIVE, grid_runs
+from sweet.plan.layout import CALIBRATED_PATTERN, RUN_PATTERN, RUN_RELATIVE, grid_runs
 
 RUN = RUN_PATTERN  # results/runs/{task}/{model}/b{budget}/{method}-{run_id}/s{seed}
 CAL = CALIBRATED_PATTERN  # RUN/{calibration}
@@ -77,7 +77,7 @@ def grid_run_index():
 
 
 def run_of(wildcards):
-    """The run (sweet.layout.Run) a job's wildcards name."""
+    """The run (sweet.plan.layout.Run) a job's wildcards name."""
     key = tuple(str(wildcards[k]) for k in ("task", "model", "budget", "method", "run_id", "seed"))
     try:
         return grid_run_index()[key]
@@ -221,7 +221,7 @@ def checkpoint_dir(wildcards):
 
 
 def meta_args(wildcards):
-    """Identity columns of a run's CSVs (sweet.layout.Run.meta: the model column holds the config name, not the
+    """Identity columns of a run's CSVs (sweet.plan.layout.Run.meta: the model column holds the config name, not the
     folder slug; run_id, the non-default settings and, for calibrated files, the calibration)."""
     meta = run_of(wildcards).meta()
     if "calibration" not in wildcards.keys():
@@ -237,7 +237,7 @@ OFFLINE = "env HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
 
 
 # ---------------------------------------------------------------------------------------------- resources
-# What each compute job asks the cluster for (sweet/cluster.py): runtime and memory estimated from the model's
+# What each compute job asks the cluster for (sweet/plan/cluster.py): runtime and memory estimated from the model's
 # size and the run's budget, grown with each retry (`attempt` counts from 1), never above the partition's caps
 # (config `cluster:`). GPUs: as the executor profile asks (slurm/config.yaml), unless `gpus:` says otherwise.
 def _profile_default(name):

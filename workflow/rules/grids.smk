@@ -10,8 +10,8 @@
 
 import re
 
-from sweet.config import grid_spec
-from sweet.reporting.runs import last_finished_grid, runs_fingerprint
+from sweet.plan.config import grid_spec
+from sweet.plan.status import last_finished_grid, runs_fingerprint
 
 PARTIAL = bool(config.get("partial", False))
 RUN_GRID = config["grid"]  # what `snakemake` runs: the grid named, or config.yaml's default

@@ -63,7 +63,7 @@ KNOWN_BACKBONES: dict[str, dict[str, Any]] = {
 }
 SYNTHETIC_DEFAULTS = {"train_size": 4000, "eval_size": 1000}  # sweet.synthetic.make_task's defaults
 # The training options every run starts from (sweet.train.TrainSpec's defaults: the paper's seed commands where
-# it states them; a test keeps the two equal). Torch-free here, because a run's identity (sweet.layout) is
+# it states them; a test keeps the two equal). Torch-free here, because a run's identity (sweet.plan.layout) is
 # computed while snakemake plans.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-5,
@@ -83,7 +83,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 # training.report_to: the Trainer's own experiment-tracking integrations, and the pip package each one needs.
 REPORT_TO_PACKAGES: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb",
                                              "mlflow": "mlflow"}
-# The cluster keys' defaults (sweet.cluster reads them from here; the configuration check needs them too).
+# The cluster keys' defaults (sweet.plan.cluster reads them from here; the configuration check needs them too).
 CLUSTER_DEFAULTS: dict[str, Any] = {
     "max_runtime_minutes": 1440,  # the partition's MaxTime (24 h is a common cap on GPU partitions)
     "max_mem_mb": None,  # the partition's memory cap per job (None: no cap)
@@ -295,7 +295,7 @@ def merged_method_options(config: dict, method: str, grid: str | None = None) ->
 def grid_spec(config: dict, grid: str, models: dict[str, Model], gpus: int = 0) -> dict[str, Any]:
     """What a grid's tables and report record about it: its axes, per model the exits and training options, and
     its runs (folder and run id: the reporting reads exactly these, and checks each folder's recorded id)."""
-    from sweet.layout import grid_runs  # builds on this module
+    from sweet.plan.layout import grid_runs  # builds on this module
 
     axes = config["grids"][grid]
     options = {m: merged_method_options(config, m, grid) for m in axes["methods"] if methods.get(m).options}
@@ -599,7 +599,7 @@ def _resolve_model(name: str, spec: dict, base: Path) -> Model:
 
 def _arch_from_hub_cache(models: dict[str, Model], config: dict, base: Path) -> None:
     """Sizes of hub backbones unknown offline, once fetched: the plan (runtime, memory, disk) then uses them."""
-    from sweet.hub import cached_snapshot_folder
+    from sweet.plan.hub import cached_snapshot_folder
 
     cache = Path(config.get("hub_cache", "results/hub-cache")).expanduser()
     for model in models.values():

@@ -1,10 +1,10 @@
 """Which runs a grid names, which of them finished, and why the others did not.
 
-Standard library only (and ``sweet.layout``, ``sweet.methods``): the Snakefile imports this module while it plans (to find the grid
+Standard library only (and ``sweet.plan.layout``, ``sweet.methods``): the Snakefile imports this module while it plans (to find the grid
 whose runs finished last, and to notice when more runs of a partial grid have finished), and planning must stay
 fast.
 
-The layout is ``sweet.layout``'s. A run is given by its *calibrated* folder
+The layout is ``sweet.plan.layout``'s. A run is given by its *calibrated* folder
 ``results/runs/<task>/<model folder>/b<budget>/<method>-<run id>/s<seed>/cal-<…>/`` (curves and logits), whose
 parent holds the training (splits, run.json, the training record). Each training step logs to
 ``results/logs/<step>/<the run folder below runs/>.log`` (an MM member's to ``…/member_<k>.log``), each
@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweet.layout import grid_runs as layout_grid_runs
-from sweet.layout import record_mismatch
 from sweet.methods import METHODS
+from sweet.plan.layout import grid_runs as layout_grid_runs
+from sweet.plan.layout import record_mismatch
 
 FINAL_FILES = ("curves.csv", "individual_exits.csv")  # a run is finished when both exist
 # A run's steps in workflow order, with the file each leaves in the run folder (None: nothing that lasts; MM's
@@ -77,7 +77,7 @@ class RunStatus:
 
 
 def grid_runs(grid: dict) -> list[tuple[str, str]]:
-    """``(calibrated folder, run id)`` of every run a grid spec names (sweet.config.grid_spec), in its order."""
+    """``(calibrated folder, run id)`` of every run a grid spec names (sweet.plan.config.grid_spec), in its order."""
     return [(run["calibrated_dir"], run["run_id"]) for run in grid.get("runs", [])]
 
 

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 from sweet import methods
-from sweet.config import (
+from sweet.plan.config import (
     CLUSTER_DEFAULTS,
     JOB_START_MINUTES,
     Model,

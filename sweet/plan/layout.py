@@ -16,7 +16,7 @@ share the folder (trained once); two that differ in any of these never share one
 its settings name the subfolder, so a new ``calibration_size`` or ``calibrate_on`` recalibrates and re-evaluates
 the same trained model.
 
-Standard library only (plus ``sweet.config``): the Snakefile and the reporting both plan with it, and planning
+Standard library only (plus ``sweet.plan.config``): the Snakefile and the reporting both plan with it, and planning
 must stay fast.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from sweet import methods
 from sweet.backbones import BACKBONES, resolve_pooling
-from sweet.config import (
+from sweet.plan.config import (
     RESULTS,
     SYNTHETIC_DEFAULTS,
     TRAINING_DEFAULTS,

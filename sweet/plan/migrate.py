@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sweet import methods
-from sweet.config import Model
-from sweet.layout import (
+from sweet.plan.config import Model
+from sweet.plan.layout import (
     HEAD_CHANGED_ARCHITECTURES,
     LOGS,
     RUN_JSON,
