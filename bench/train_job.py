@@ -39,8 +39,10 @@ def _sweet(*args: str | Path, cwd: Path, threads: int = 1) -> subprocess.Complet
 
 
 def bench_train_job(budget: int, threads: int) -> list[Row]:
-    from sweet.plan.cluster import SAFETY, START_MINUTES, Estimator
-    from sweet.plan.config import Model, load_config_file, parameter_count
+    from sweet.plan.cluster import JOB_START_MINUTES, SAFETY, Estimator
+    from sweet.plan.config import load_config_file
+    from sweet.plan.estimates import parameter_count
+    from sweet.plan.settings import Model
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {threads} threads"
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,10 +83,10 @@ def bench_train_job(budget: int, threads: int) -> list[Row]:
             f"synthetic vocabulary), budget {budget}, 1 epoch, batch 16, max_length 64, on {device}; training loop "
             f"{train_seconds:.1f} s of it"),
         Row("train_estimate_ratio", estimate * 60 / job_seconds, ">=1.0", "x",
-            f"the runtime the workflow requests ({estimate:.1f} min = {START_MINUTES} min start allowance + "
+            f"the runtime the workflow requests ({estimate:.1f} min = {JOB_START_MINUTES} min start allowance + "
             f"{SAFETY:g} × 6·N·tokens at the assumed throughput) / the measured job; the start allowance alone is "
-            f"{START_MINUTES * 60 / job_seconds:.1f}× this job, the FLOPs term "
-            f"{((estimate - START_MINUTES) * 60) / train_seconds:.2f}× its training loop"),
+            f"{JOB_START_MINUTES * 60 / job_seconds:.1f}× this job, the FLOPs term "
+            f"{((estimate - JOB_START_MINUTES) * 60) / train_seconds:.2f}× its training loop"),
         Row("train_throughput", per_unit, "-", "TFLOP/s per GPU" if gpus else "GFLOP/s per thread",
             f"6·N·(examples × epochs × max_length) / training-loop time: the measured value of {assumed} "
             f"(config.yaml assumes {config['cluster'][assumed.split('.')[1]]}); real batches are shorter than "

@@ -18,7 +18,6 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,52 +41,8 @@ from sweet.io import atomic_dir, write_csv, write_json
 from sweet.losses import method_loss
 from sweet.model import EarlyExitModel, exit_loss_terms
 from sweet.multimodel import MemberModel
-from sweet.plan.config import REPORT_TO_PACKAGES
+from sweet.plan.settings import REPORT_TO_PACKAGES, TrainSpec
 from sweet.provenance import provenance
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainSpec:
-    """Hyper-parameters; defaults are the paper's seed commands where it states them."""
-
-    learning_rate: float = 5e-5  # seed
-    batch_size: int = 16  # seed
-    epochs: float = 2.0  # seed
-    max_length: int = 256  # seed
-    warmup_ratio: float = 0.0  # fraction of the total optimizer steps spent warming up, in [0, 1)
-    weight_decay: float = 0.0
-    gradient_accumulation_steps: int = 1
-    precision: str = "fp32"  # bf16/fp16 apply on a GPU only
-    shared_pooler: bool = False  # True: the reference's single pooler shared by all exits
-    learned_exit: bool = False  # train learned-to-exit heads (the `learned` exit rule)
-    gradient_conflict_every: int = 0  # EE only: probe per-exit gradient cosines every N steps (0 = off)
-    save_steps: int = 200  # checkpoint interval, for resuming a killed job
-    report_to: str = "none"  # the Trainer's tracking integration: none | tensorboard | wandb | mlflow (offline)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], field: str = "training") -> TrainSpec:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise UserError(f"{field}.{key}: unknown training option; known: {', '.join(known)}")
-        spec = cls(**values)
-        for name in ("learning_rate", "epochs"):
-            if not isinstance(getattr(spec, name), (int, float)) or getattr(spec, name) <= 0:
-                raise UserError(f"{field}.{name}: must be a positive number, got {getattr(spec, name)!r}")
-        for name in ("batch_size", "max_length", "gradient_accumulation_steps", "save_steps"):
-            value = getattr(spec, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{field}.{name}: must be a positive integer, got {value!r}")
-        ratio = spec.warmup_ratio
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
-            raise UserError(f"{field}.warmup_ratio: must be a fraction of the training steps in [0, 1), got {ratio!r}")
-        if spec.precision not in PRECISIONS:
-            raise UserError(f"{field}.precision: '{spec.precision}' is not one of {', '.join(PRECISIONS)}")
-        if spec.report_to not in REPORT_TO_PACKAGES:
-            raise UserError(f"{field}.report_to: {spec.report_to!r} is not one of {', '.join(REPORT_TO_PACKAGES)}")
-        return spec
 
 
 # ---------------------------------------------------------------------------------------------- experiment tracking

@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from sweet.plan import cluster
-from sweet.plan.config import KNOWN_BACKBONES, Model, load_config_file, parameter_count, validate
+from sweet.plan.config import load_config_file, validate
+from sweet.plan.estimates import parameter_count
+from sweet.plan.settings import KNOWN_BACKBONES, Model
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RULES = {"train", "train_member", "calibrate", "evaluate"}

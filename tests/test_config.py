@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,16 +12,9 @@ from pathlib import Path
 import pytest
 
 from sweet.errors import UserError
-from sweet.plan.config import (
-    describe_disk,
-    disk_estimate,
-    load_config_file,
-    merge,
-    merged_training,
-    parameter_count,
-    slug,
-    validate,
-)
+from sweet.plan.config import load_config_file, merge, validate
+from sweet.plan.estimates import describe_disk, disk_estimate, parameter_count
+from sweet.plan.settings import merged_training, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,12 +77,11 @@ def test_training_precedence(config: dict) -> None:
 
 def test_training_keys_match_trainspec(shipped: dict) -> None:
     """The schema's training keys are exactly sweet.train.TrainSpec's fields (checked without importing torch)."""
-    import ast
 
-    tree = ast.parse((ROOT / "sweet" / "train.py").read_text())
-    spec = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TrainSpec")
-    fields = {n.target.id for n in spec.body if isinstance(n, ast.AnnAssign)}
     from sweet.plan.config import load_schema
+    from sweet.plan.settings import TrainSpec
+
+    fields = {f.name for f in dataclasses.fields(TrainSpec)}
 
     assert set(load_schema()["$defs"]["training"]["properties"]) == fields
 
@@ -290,7 +283,7 @@ def test_merge_is_key_by_key(shipped: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ disk estimate
 def test_parameter_counts_of_known_models() -> None:
-    from sweet.plan.config import KNOWN_BACKBONES
+    from sweet.plan.settings import KNOWN_BACKBONES
 
     # bert-base-uncased has 109.5M parameters, bert-large-uncased 335M (published counts).
     assert abs(parameter_count(KNOWN_BACKBONES["bert-base-uncased"]) - 109.5e6) < 1e6

@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from test_workflow_kill import _copy_tree
 
-from sweet.plan.config import TRAINING_DEFAULTS, load_config_file, merge, validate
-from sweet.plan.layout import calibration_key, grid_runs, run_id, run_identity
+from sweet import methods
+from sweet.plan.config import load_config_file, merge, validate
+from sweet.plan.layout import calibration_key, grid_runs, run_id, run_identity, training_identity
+from sweet.plan.settings import TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +54,11 @@ def one_run_with(**changes):
 
 # ------------------------------------------------------------------------------------------------ identity
 def test_training_defaults_are_the_train_specs() -> None:
-    from sweet.train import TrainSpec
-
-    assert {f.name: f.default for f in dataclasses.fields(TrainSpec)} == TRAINING_DEFAULTS
+    """TrainSpec is the one source of the defaults: a run that spells every default out is the run that gives none."""
+    spelled_out = dataclasses.asdict(TrainSpec())
+    for method in methods.names():
+        for gpus in (0, 1):
+            assert training_identity(spelled_out, method, gpus) == training_identity({}, method, gpus)
 
 
 def test_what_changes_numbers_changes_the_run_id_and_nothing_else_does() -> None:
@@ -393,15 +397,3 @@ def test_a_grid_trained_on_two_revisions_of_a_backbone_says_so() -> None:
     assert warning.startswith("REVISIONS DIFFER: runs of m (aaaaaaaaaaaa: 2 runs, bbbbbbbbbbbb: 1 run)")
     assert "other" not in warning and "models.<name>.revision" in warning
     assert revision_warning(runs[runs["model"] == "other"]) == ""
-
-
-def test_config_does_not_import_the_cluster_module() -> None:
-    """sweet.plan.cluster builds on sweet.plan.config, never the other way round (no import cycle)."""
-    import ast
-
-    tree = ast.parse((ROOT / "sweet" / "config.py").read_text())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert "sweet.plan.cluster" not in imported
-    code = "import sweet.plan.config, sys; print('sweet.plan.cluster' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

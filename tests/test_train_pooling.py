@@ -22,8 +22,9 @@ from sweet.backbones import init_backbone
 from sweet.errors import UserError
 from sweet.evaluate import evaluate, load_model
 from sweet.multimodel import MultiModel, write_multimodel_config
+from sweet.plan.settings import TrainSpec
 from sweet.synthetic import make_task
-from sweet.train import TrainSpec, train
+from sweet.train import train
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 48,
          "max_position_embeddings": 64, "tokenizer": "synthetic", "seed": 0}

@@ -20,25 +20,27 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from sweet import methods
-from sweet.plan.config import (
-    CLUSTER_DEFAULTS,
-    JOB_START_MINUTES,
-    Model,
-    eval_shape,
-    human_bytes,
-    merged_training,
-    parameter_count,
-)
+from sweet.plan.estimates import eval_shape, human_bytes, parameter_count
+from sweet.plan.settings import Model, merged_training
+
+# The cluster keys' defaults (the configuration check reads them too).
+CLUSTER_DEFAULTS: dict[str, Any] = {
+    "max_runtime_minutes": 1440,  # the partition's MaxTime (24 h is a common cap on GPU partitions)
+    "max_mem_mb": None,  # the partition's memory cap per job (None: no cap)
+    "signal_minutes": 5,  # Slurm's SIGTERM warning before the time limit (sbatch --signal=TERM@…)
+    "gpu_tflops": 10.0,  # sustained training throughput assumed per GPU (fp32; V100-class, conservative)
+    "cpu_gflops_per_thread": 30.0,  # measured ~65 here (BERT-base step, 2 threads); halved for unknown CPUs
+}
+JOB_START_MINUTES = 10  # imports, model loading from a shared file system, saving: a fixed allowance per job
 
 UNKNOWN_PARAMS = 350_000_000  # a hub model whose size is not known offline: assume a large one
 # snakemake-executor-plugin-slurm adds a few MB to an array's memory request (the jobstep holds the encoded
 # commands of every task: ~3 bytes per payload byte, 1 MB at least): array jobs leave that much below the cap.
 ARRAY_MEM_HEADROOM_MB = 16
-START_MINUTES = JOB_START_MINUTES  # imports, model loading from a shared file system, saving: per job
 SAFETY = 2.0  # on top of the throughput assumptions
-DEFAULTS = CLUSTER_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Caps:
 
     @classmethod
     def from_config(cls, config: dict) -> Caps:
-        cluster = {**DEFAULTS, **(config.get("cluster") or {})}
+        cluster = {**CLUSTER_DEFAULTS, **(config.get("cluster") or {})}
         return cls(cluster["max_runtime_minutes"], cluster["max_mem_mb"], int(cluster["signal_minutes"]))
 
     def runtime(self, minutes: float, share: int = 1) -> int:
@@ -67,7 +69,7 @@ class Caps:
 
 def throughput_flops(config: dict, gpus: int, threads: int) -> float:
     """FLOP/s a job is assumed to sustain: per GPU when it has one, else per CPU thread."""
-    cluster = {**DEFAULTS, **(config.get("cluster") or {})}
+    cluster = {**CLUSTER_DEFAULTS, **(config.get("cluster") or {})}
     if gpus > 0:
         return float(cluster["gpu_tflops"]) * 1e12 * gpus
     return float(cluster["cpu_gflops_per_thread"]) * 1e9 * max(1, threads)
@@ -76,12 +78,12 @@ def throughput_flops(config: dict, gpus: int, threads: int) -> float:
 def train_minutes(params: int, budget: int, epochs: float, max_length: int, flops_per_second: float) -> float:
     """Estimated wall time of fine-tuning ``params`` parameters on ``budget`` examples."""
     tokens = budget * epochs * max_length
-    return START_MINUTES + SAFETY * 6 * params * tokens / flops_per_second / 60
+    return JOB_START_MINUTES + SAFETY * 6 * params * tokens / flops_per_second / 60
 
 
 def forward_minutes(params: int, examples: int, max_length: int, flops_per_second: float) -> float:
     """Estimated wall time of one forward pass over ``examples`` (calibration or evaluation)."""
-    return START_MINUTES + SAFETY * 2 * params * examples * max_length / flops_per_second / 60
+    return JOB_START_MINUTES + SAFETY * 2 * params * examples * max_length / flops_per_second / 60
 
 
 def train_mem_mb(params: int) -> float:

@@ -1,4 +1,4 @@
-"""Validation of the workflow configuration, and the disk footprint a grid will need.
+"""Loading and validation of the workflow configuration.
 
 The Snakefile calls :func:`validate` before it plans a single job: the JSON schema first (structure, types), then
 the checks a schema cannot express (references between sections, exit layers against the backbone's depth,
@@ -10,120 +10,26 @@ Deliberately light: PyYAML and jsonschema only, never torch or transformers, so 
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweet import methods  # the method registry: standard library only
 from sweet.backbones import BACKBONES, resolve_pooling  # the registry imports no torch
 from sweet.errors import UserError
+from sweet.plan.cluster import CLUSTER_DEFAULTS, JOB_START_MINUTES
+from sweet.plan.estimates import SYNTHETIC_VOCAB, pool_size
+from sweet.plan.settings import KNOWN_BACKBONES, RESULTS, Model, slug
 
-RESULTS = "results"  # the output root; fixed, so no configuration value can move writes elsewhere
 # Folders under results/ that are not a grid's: a grid's tables, figures and report go to results/<grid>/, so a
 # grid may not take one of these names.
 RESERVED_GRID_NAMES = ("runs", "data", "logs", "backbones", "benchmarks", "hub-cache")
 METHODS = methods.names()  # the registry's order (sweet.methods): adding a method is one entry there
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 MIN_CALIBRATION = 50  # as sweet.data.MIN_CALIBRATION: the smallest calibration split `split` accepts
-
-# Training-pool and evaluation sizes of the GLUE tasks (GLUE train / validation; MNLI: validation_matched), and
-# their label counts: known offline, so a budget that does not fit is refused before anything downloads.
-GLUE_SIZES: dict[str, tuple[int, int, int]] = {
-    "sst2": (67_349, 872, 2),
-    "mnli": (392_702, 9_815, 3),
-    "qnli": (104_743, 5_463, 2),
-    "qqp": (363_846, 40_430, 2),
-    "mrpc": (3_668, 408, 2),
-    "rte": (2_490, 277, 2),
-    "cola": (8_551, 1_043, 2),
-    "wnli": (635, 71, 2),
-}
-
-# Architecture of the hub models the paper grid names (from their config.json), so the dry run can check exit
-# layers and estimate disk use without downloading anything.
-KNOWN_BACKBONES: dict[str, dict[str, Any]] = {
-    "bert-base-uncased": dict(model_type="bert", num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=30522,
-                              max_position_embeddings=512, type_vocab_size=2),
-    "bert-large-uncased": dict(model_type="bert", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=30522,
-                               max_position_embeddings=512, type_vocab_size=2),
-    "roberta-base": dict(model_type="roberta", num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
-                         max_position_embeddings=514, type_vocab_size=1),
-    "roberta-large": dict(model_type="roberta", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, vocab_size=50265,
-                          max_position_embeddings=514, type_vocab_size=1),
-    "microsoft/deberta-base": dict(model_type="deberta", num_hidden_layers=12, hidden_size=768, intermediate_size=3072, vocab_size=50265,
-                                   max_position_embeddings=512, type_vocab_size=0),
-    "microsoft/deberta-large": dict(model_type="deberta", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
-                                    vocab_size=50265, max_position_embeddings=512, type_vocab_size=0),
-    "microsoft/deberta-v3-base": dict(model_type="deberta-v2", num_hidden_layers=12, hidden_size=768, intermediate_size=3072,
-                                      vocab_size=128100, max_position_embeddings=512, type_vocab_size=0),
-    "microsoft/deberta-v3-large": dict(model_type="deberta-v2", num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
-                                       vocab_size=128100, max_position_embeddings=512, type_vocab_size=0),
-}
-SYNTHETIC_DEFAULTS = {"train_size": 4000, "eval_size": 1000}  # sweet.synthetic.make_task's defaults
-# The training options every run starts from (sweet.train.TrainSpec's defaults: the paper's seed commands where
-# it states them; a test keeps the two equal). Torch-free here, because a run's identity (sweet.plan.layout) is
-# computed while snakemake plans.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 5e-5,
-    "batch_size": 16,
-    "epochs": 2.0,
-    "max_length": 256,
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "gradient_accumulation_steps": 1,
-    "precision": "fp32",
-    "shared_pooler": False,
-    "learned_exit": False,
-    "gradient_conflict_every": 0,
-    "save_steps": 200,
-    "report_to": "none",
-}
-# training.report_to: the Trainer's own experiment-tracking integrations, and the pip package each one needs.
-REPORT_TO_PACKAGES: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb",
-                                             "mlflow": "mlflow"}
-# The cluster keys' defaults (sweet.plan.cluster reads them from here; the configuration check needs them too).
-CLUSTER_DEFAULTS: dict[str, Any] = {
-    "max_runtime_minutes": 1440,  # the partition's MaxTime (24 h is a common cap on GPU partitions)
-    "max_mem_mb": None,  # the partition's memory cap per job (None: no cap)
-    "signal_minutes": 5,  # Slurm's SIGTERM warning before the time limit (sbatch --signal=TERM@…)
-    "gpu_tflops": 10.0,  # sustained training throughput assumed per GPU (fp32; V100-class, conservative)
-    "cpu_gflops_per_thread": 30.0,  # measured ~65 here (BERT-base step, 2 threads); halved for unknown CPUs
-}
-JOB_START_MINUTES = 10  # imports, model loading from a shared file system, saving: a fixed allowance per job
-SYNTHETIC_VOCAB = 1000  # rough size of the offline word-level tokenizer, for the disk estimate only
 
 
 # ------------------------------------------------------------------------------------------------ public API
-@dataclass
-class Model:
-    """A model of the configuration, resolved: where its backbone comes from and how it trains."""
-
-    name: str  # the config key
-    slug: str  # the folder name under results/ ("/" → "--")
-    backbone: str | dict  # hub id, local folder, or inline mapping
-    kind: str  # "hub" | "local" | "inline"
-    exit_layers: list[int]
-    training: dict[str, Any] = field(default_factory=dict)  # model-level overrides only
-    arch: dict[str, Any] | None = None  # sizes (and model_type of a local folder), when knowable offline
-    pooling: str | None = None  # how exits read the hidden states; None: the backbone's default (cls / last)
-    revision: str | None = None  # hub backbones: the branch, tag or commit to fetch (None: main)
-
-    @property
-    def model_type_offline(self) -> str | None:
-        """The architecture where it is known without the hub cache (inline, local folder, a known hub id)."""
-        if isinstance(self.backbone, dict):
-            return self.backbone.get("model_type")
-        if self.kind == "hub" and self.backbone not in KNOWN_BACKBONES:
-            return None  # read from the cache once fetched, which must not change what the plan says
-        return (self.arch or {}).get("model_type")
-
-
-def slug(name: str) -> str:
-    return name.replace("/", "--")
-
-
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML configuration file; a syntax error names the file and line."""
     import yaml
@@ -270,142 +176,6 @@ def resolve_models(config: dict, base: Path = Path(".")) -> dict[str, Model]:
     _check_slugs(models)
     _arch_from_hub_cache(models, config, base)
     return models
-
-
-def merged_training(config: dict, model: Model, grid: str | None = None) -> dict[str, Any]:
-    """Training options of a run: defaults, then the model's overrides, then the grid's (the selected one unless
-    ``grid`` names another)."""
-    spec = dict(config.get("training") or {})
-    spec.update(model.training)
-    spec.update(config["grids"][grid or config["grid"]].get("training") or {})
-    return spec
-
-
-def merged_method_options(config: dict, method: str, grid: str | None = None) -> dict[str, float]:
-    """A method's options in a grid: its defaults, then the top-level ``method_options.<method>``, then the grid's
-    (the selected one unless ``grid`` names another), merged key by key; {} for a method without options."""
-    given = dict((config.get("method_options") or {}).get(method) or {})
-    grid_name = grid or config["grid"]
-    overrides = (config["grids"][grid_name].get("method_options") or {}).get(method) or {}
-    given.update(overrides)
-    where = f"grids.{grid_name}.method_options.{method}" if overrides else f"method_options.{method}"
-    return methods.resolve_options(method, given, where)
-
-
-def grid_spec(config: dict, grid: str, models: dict[str, Model], gpus: int = 0) -> dict[str, Any]:
-    """What a grid's tables and report record about it: its axes, per model the exits and training options, and
-    its runs (folder and run id: the reporting reads exactly these, and checks each folder's recorded id)."""
-    from sweet.plan.layout import grid_runs  # builds on this module
-
-    axes = config["grids"][grid]
-    options = {m: merged_method_options(config, m, grid) for m in axes["methods"] if methods.get(m).options}
-    return {
-        "name": grid,
-        **{key: list(axes[key]) for key in ("tasks", "models", "budgets", "methods", "seeds")},
-        "exit_layers": {m: list(models[m].exit_layers) for m in axes["models"]},
-        "training": {m: merged_training(config, models[m], grid) for m in axes["models"]},
-        "calibrate_on": config.get("calibrate_on", "pool"),
-        "calibration_size": config.get("calibration_size", 1000),
-        "revisions": {m: models[m].revision or "main" for m in axes["models"] if models[m].kind == "hub"},
-        "runs": [{"dir": r.dir, "calibrated_dir": r.calibrated_dir, "run_id": r.run_id, "settings": r.settings}
-                 for r in grid_runs(config, grid, models, gpus)],
-        # The options of the grid's methods that have some (e.g. sep's separation), for their labels; no key when
-        # none has any, so a grid of EE, SWEET and MM records what it recorded before methods had options.
-        **({"method_options": options} if options else {}),
-    }
-
-
-def pool_size(spec: dict, base: Path = Path(".")) -> int | None:
-    """Training-pool size of a task when it is knowable without downloading; None otherwise."""
-    if spec["source"] == "synthetic":
-        return int(spec.get("train_size", SYNTHETIC_DEFAULTS["train_size"]))
-    if spec["source"] == "glue":
-        return GLUE_SIZES[spec.get("glue_task", "")][0] if spec.get("glue_task") in GLUE_SIZES else None
-    return _count_rows(base / spec["train"])
-
-
-def eval_shape(spec: dict, base: Path = Path(".")) -> tuple[int, int]:
-    """(evaluation examples, classes) of a task, estimated offline, for the disk estimate."""
-    if spec["source"] == "synthetic":
-        return int(spec.get("eval_size", SYNTHETIC_DEFAULTS["eval_size"])), 2  # binary sentiment
-    if spec["source"] == "glue":
-        _, n, c = GLUE_SIZES.get(spec.get("glue_task", ""), (0, 5000, 2))
-        return n, c
-    return _count_rows(base / spec["eval"]) or 1000, 2
-
-
-# ------------------------------------------------------------------------------------------------ disk estimate
-def parameter_count(arch: dict[str, int], depth: int | None = None) -> int:
-    """Parameters of a BERT-like encoder with ``depth`` of its layers (all by default), classifier excluded."""
-    h, i = arch["hidden_size"], arch["intermediate_size"]
-    depth = arch["num_hidden_layers"] if depth is None else depth
-    embeddings = (arch.get("vocab_size", SYNTHETIC_VOCAB) + arch.get("max_position_embeddings", 512)
-                  + arch.get("type_vocab_size", 2)) * h + 2 * h
-    layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h  # attention, feed-forward, two LayerNorms
-    return embeddings + depth * layer + h * h + h  # + pooler
-
-
-def disk_estimate(config: dict, models: dict[str, Model], base: Path = Path(".")) -> dict[str, Any]:
-    """Bytes the selected grid leaves under results/, without and with kept checkpoints.
-
-    Per run: logits.npz (float32 per exit × example × class, plus learned-exit scores), curves and per-exit CSVs,
-    splits and training records; per task: the prepared JSONL. Checkpoints are float32 safetensors: the whole
-    encoder with its exits for EE/SWEET, the sum of the truncated members for MM.
-    """
-    grid = config["grids"][config["grid"]]
-    tasks = config["tasks"]
-    base_bytes = 0
-    ckpt_bytes = 0
-    unknown: set[str] = set()
-    runs = 0
-    for t in grid["tasks"]:
-        n_eval, n_cls = eval_shape(tasks[t], base)
-        pool = pool_size(tasks[t], base) or 10_000
-        base_bytes += (pool + n_eval) * 200  # prepared JSONL: ~200 bytes per example (GLUE sentence pairs)
-        for mname in grid["models"]:
-            model = models[mname]
-            n_exits = len(model.exit_layers)
-            for b in grid["budgets"]:
-                for method in grid["methods"]:
-                    n_seeds = len(grid["seeds"])
-                    runs += n_seeds
-                    per_run = n_exits * n_eval * (n_cls + 1) * 4 + n_eval * 16  # logits, lte scores, labels
-                    per_run += 700 * 200  # curves.csv: 5 rules × (11 + 101) thresholds × ~200 bytes
-                    per_run += n_exits * config.get("calibration_size", 1000) * (n_cls + 1) * 4  # calibration logits
-                    per_run += (b + config.get("calibration_size", 1000)) * 8 + 100_000  # splits, records, logs
-                    base_bytes += per_run * n_seeds
-                    if model.arch is None:
-                        unknown.add(mname)
-                        continue
-                    if methods.get(method).per_exit:
-                        params = sum(parameter_count(model.arch, d) for d in model.exit_layers)
-                    else:
-                        params = parameter_count(model.arch) + n_exits * (model.arch["hidden_size"] ** 2)
-                    ckpt_bytes += params * 4 * n_seeds
-    hub_cache = sum(parameter_count(models[m].arch) * 4 for m in grid["models"]
-                    if models[m].kind == "hub" and models[m].arch is not None)
-    return {"runs": runs, "without_checkpoints": base_bytes, "with_checkpoints": base_bytes + ckpt_bytes,
-            "hub_cache": hub_cache, "unknown_models": sorted(unknown)}
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def describe_disk(config: dict, models: dict[str, Model], base: Path = Path(".")) -> str:
-    est = disk_estimate(config, models, base)
-    line = (f"sweet: grid '{config['grid']}': {est['runs']} runs; expected disk under {RESULTS}/: "
-            f"{human_bytes(est['without_checkpoints'])} without checkpoints, "
-            f"{human_bytes(est['with_checkpoints'])} with keep_checkpoints: true")
-    if est["hub_cache"]:
-        line += f" (+ {human_bytes(est['hub_cache'])} of downloaded backbones in the Hugging Face cache)"
-    if est["unknown_models"]:
-        line += f"; checkpoint size unknown offline for {', '.join(est['unknown_models'])}"
-    return line
 
 
 # ------------------------------------------------------------------------------------------------ internals
@@ -651,17 +421,3 @@ def _check_slugs(models: dict[str, Model]) -> None:
         seen[model.slug] = name
 
 
-def _count_rows(path: Path) -> int | None:
-    """Data rows of a local CSV/TSV/JSONL file (None when unreadable here: `prepare` reports it precisely)."""
-    try:
-        if path.stat().st_size > 200_000_000:
-            return None  # too big to count during planning; `split` checks the budget against the real pool
-        with open(path, encoding="utf-8", newline="") as fh:
-            suffix = path.suffix.lower()
-            if suffix in (".jsonl", ".json"):
-                return sum(1 for line in fh if line.strip())
-            if suffix == ".tsv":  # GLUE-style TSVs are unquoted: one line per row
-                return max(0, sum(1 for line in fh if line.strip()) - 1)
-            return max(0, sum(1 for row in csv.reader(fh) if row) - 1)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None

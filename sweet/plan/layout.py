@@ -16,7 +16,7 @@ share the folder (trained once); two that differ in any of these never share one
 its settings name the subfolder, so a new ``calibration_size`` or ``calibrate_on`` recalibrates and re-evaluates
 the same trained model.
 
-Standard library only (plus ``sweet.plan.config``): the Snakefile and the reporting both plan with it, and planning
+Standard library only (plus ``sweet.plan.settings``): the Snakefile and the reporting both plan with it, and planning
 must stay fast.
 """
 
@@ -31,14 +31,13 @@ from typing import Any
 
 from sweet import methods
 from sweet.backbones import BACKBONES, resolve_pooling
-from sweet.plan.config import (
+from sweet.plan.settings import (
     RESULTS,
     SYNTHETIC_DEFAULTS,
     TRAINING_DEFAULTS,
     Model,
     merged_method_options,
     merged_training,
-    resolve_models,
 )
 
 RUN_RELATIVE = "{task}/{model}/b{budget}/{method}-{run_id}/s{seed}"  # below results/runs/ and results/logs/<step>/
@@ -202,10 +201,10 @@ def calibration_key(config: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ grids
 def grid_runs(
-    config: dict, grid: str, models: dict[str, Model] | None = None, gpus: int = 0, base: str | Path = ".",
+    config: dict, grid: str, models: dict[str, Model], gpus: int = 0, base: str | Path = ".",
 ) -> list[Run]:
-    """The runs a grid names, in the workflow's order (task, model, budget, method, seed)."""
-    models = models if models is not None else resolve_models(config, Path(base))
+    """The runs a grid names, in the workflow's order (task, model, budget, method, seed); ``models``: the
+    configuration's, resolved (what sweet.plan.config.validate returns)."""
     axes = config["grids"][grid]
     calibration = calibration_key(config)
     runs = []
@@ -219,6 +218,27 @@ def grid_runs(
                         runs.append(Run(task, name, model.slug, int(budget), method, int(seed), run_id(identity),
                                         calibration, identity, non_default_settings(identity)))
     return runs
+
+
+def grid_spec(config: dict, grid: str, models: dict[str, Model], gpus: int = 0) -> dict[str, Any]:
+    """What a grid's tables and report record about it: its axes, per model the exits and training options, and
+    its runs (folder and run id: the reporting reads exactly these, and checks each folder's recorded id)."""
+    axes = config["grids"][grid]
+    options = {m: merged_method_options(config, m, grid) for m in axes["methods"] if methods.get(m).options}
+    return {
+        "name": grid,
+        **{key: list(axes[key]) for key in ("tasks", "models", "budgets", "methods", "seeds")},
+        "exit_layers": {m: list(models[m].exit_layers) for m in axes["models"]},
+        "training": {m: merged_training(config, models[m], grid) for m in axes["models"]},
+        "calibrate_on": config.get("calibrate_on", "pool"),
+        "calibration_size": config.get("calibration_size", 1000),
+        "revisions": {m: models[m].revision or "main" for m in axes["models"] if models[m].kind == "hub"},
+        "runs": [{"dir": r.dir, "calibrated_dir": r.calibrated_dir, "run_id": r.run_id, "settings": r.settings}
+                 for r in grid_runs(config, grid, models, gpus)],
+        # The options of the grid's methods that have some (e.g. sep's separation), for their labels; no key when
+        # none has any, so a grid of EE, SWEET and MM records what it recorded before methods had options.
+        **({"method_options": options} if options else {}),
+    }
 
 
 def step_log(step: str, run: Run | str, calibrated: bool = False) -> str:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from sweet import methods
-from sweet.plan.config import Model
 from sweet.plan.layout import (
     HEAD_CHANGED_ARCHITECTURES,
     LOGS,
@@ -30,6 +29,7 @@ from sweet.plan.layout import (
     grid_runs,
     training_identity,
 )
+from sweet.plan.settings import Model
 
 TRAINING_FILES = ("train_metrics.json", "gradient_conflict.csv", "members", "model")
 # Runs of the layout before run ids never kept the calibration split's logits, so they get no operating points

@@ -138,7 +138,7 @@ def run_status(run: str | Path, logs_root: str | Path | None = None, expected_id
     return RunStatus(name, "not finished", stopped, log.as_posix() if log else "")
 
 
-def last_finished_grid(config: dict, models: dict | None = None, gpus: int = 0) -> tuple[str, int, int] | None:
+def last_finished_grid(config: dict, models: dict, gpus: int = 0) -> tuple[str, int, int] | None:
     """``(grid, finished runs, runs)`` of the configured grid whose runs finished last, or None when no run of any
     grid has finished. Runs are shared between grids: when the newest run belongs to several, the grid with more
     finished runs wins, then the more complete one."""

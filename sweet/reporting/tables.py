@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from sweet.io import atomic_dir, write_csv, write_json, write_text
-from sweet.plan.config import slug
+from sweet.plan.settings import slug
 from sweet.plan.status import RunStatus
 from sweet.reporting.claims import ClaimSettings, check_claims, claims_both_ways, claims_markdown
 from sweet.reporting.collect import GROUP_KEYS, Collected, collect, display_name, methods_in_order

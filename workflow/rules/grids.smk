@@ -10,7 +10,7 @@
 
 import re
 
-from sweet.plan.config import grid_spec
+from sweet.plan.layout import grid_spec
 from sweet.plan.status import last_finished_grid, runs_fingerprint
 
 PARTIAL = bool(config.get("partial", False))
