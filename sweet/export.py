@@ -250,7 +250,7 @@ class ExportPaths:
         defaults = {"model": "model", "logits": "logits.npz", "temperatures": TEMPERATURES_NAME,
                     "operating_points": "operating_points.csv", "risk_control": "risk_control.csv",
                     "exits": "individual_exits.csv"}
-        from sweet.plan.status import run_file
+        from sweet.plan.layout import run_file
 
         for name, default in defaults.items():
             value = getattr(self, name)

@@ -15,7 +15,7 @@ from test_figures import write_fake_grid, write_fake_run
 
 from sweet.plan.config import load_config_file, merge, validate
 from sweet.plan.layout import grid_runs as layout_grid_runs
-from sweet.plan.status import grid_runs, last_finished_grid, run_status, runs_fingerprint
+from sweet.plan.status import grid_spec_runs, last_finished_grid, run_status, runs_fingerprint
 from sweet.reporting.figures import make_figures
 from sweet.reporting.report import make_report
 from sweet.reporting.tables import aggregate
@@ -111,7 +111,7 @@ def partial_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A grid of 6 runs: 5 finished, SWEET seed 2 failed in training."""
     results = tmp_path_factory.mktemp("partial") / "results"
     grid = spec(root=results.as_posix())
-    runs = [path for path, _ in grid_runs(grid)]
+    runs = [path for path, _ in grid_spec_runs(grid)]
     for path in runs:
         method, seed = path.split("/")[-3].split("-")[0], int(path.split("/")[-2][1:])
         if (method, seed) != ("sweet", 2):
@@ -272,7 +272,7 @@ def test_the_grid_whose_runs_finished_last(tmp_path: Path, monkeypatch: pytest.M
 
 def test_fingerprint_changes_when_a_run_finishes_or_fails(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    runs = grid_runs(spec(seeds=(1,), root=results.as_posix()))
+    runs = grid_spec_runs(spec(seeds=(1,), root=results.as_posix()))
     write_fake_run(Path(runs[0][0]), "synthetic", "tiny-bert", 100, "ee", 1)
     before = runs_fingerprint(runs)
     assert runs_fingerprint(runs) == before

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,21 @@ from sweet.plan.settings import (
     merged_training,
 )
 
+RUNS = RESULTS + "/runs"
 RUN_RELATIVE = "{task}/{model}/b{budget}/{method}-{run_id}/s{seed}"  # below results/runs/ and results/logs/<step>/
-RUN_PATTERN = RESULTS + "/runs/" + RUN_RELATIVE
-CALIBRATED_PATTERN = RUN_PATTERN + "/{calibration}"
-LOGS = RESULTS + "/logs"
+RUN_PATTERN = RUNS + "/" + RUN_RELATIVE
+CALIBRATED_RELATIVE = RUN_RELATIVE + "/{calibration}"
+CALIBRATED_PATTERN = RUNS + "/" + CALIBRATED_RELATIVE
+# The layout before run ids (python -m sweet migrate-runs moves its runs): no run id, calibration in the folder.
+LEGACY_RELATIVE = "{task}/{model}/b{budget}/{method}/s{seed}"
+LOGS = RESULTS + "/logs"  # results/logs/<step>/<the run folder below results/runs/>.log
+BENCHMARKS = RESULTS + "/benchmarks"  # the same with .tsv: Snakemake's per-job benchmarks
+DATA_PATTERN = RESULTS + "/data/{task}"  # a task's prepared data (python -m sweet prepare), read by every run of it
+MEMBER_LOG = "member_{k}"  # a per-exit method's (MM's) member k logs to <the run's log folder>/member_<k>.log
+CALIBRATED_PREFIX = "cal-"  # a calibrated folder's name: cal-pool<N> or cal-eval (calibration_key)
+# A training folder's path below results/runs/, read back (both layouts: <method>-<run id> and <method> alone).
+_RUN_PATH = re.compile(r"^(?P<task>[^/]+)/(?P<model>[^/]+)/b(?P<budget>\d+)/(?P<method>[a-z0-9_]+)"
+                       r"(-(?P<run_id>[0-9a-f]{8}))?/s(?P<seed>\d+)$")
 RUN_JSON = "run.json"  # the run's identity, written before it trains; the reporting checks it
 IDENTITY_VERSION = 1  # bump when the meaning of an identity field changes, so no old folder is read as new
 # Training options that change no number of a run (a checkpoint interval, where the training curves are also
@@ -89,7 +101,7 @@ class Run:
     @property
     def legacy_dir(self) -> str:
         """Where the layout before run ids kept this run (``python -m sweet migrate-runs`` moves it)."""
-        return f"{RESULTS}/runs/{self.task}/{self.model_slug}/b{self.budget}/{self.method}/s{self.seed}"
+        return f"{RUNS}/" + LEGACY_RELATIVE.format(**self.wildcards())
 
     def wildcards(self) -> dict[str, Any]:
         return {"task": self.task, "model": self.model_slug, "budget": self.budget, "method": self.method,
@@ -241,12 +253,113 @@ def grid_spec(config: dict, grid: str, models: dict[str, Model], gpus: int = 0) 
     }
 
 
-def step_log(step: str, run: Run | str, calibrated: bool = False) -> str:
-    """Where a step of a run logs: ``results/logs/<step>/<the run folder below results/runs>[/<calibration>].log``."""
-    rel = _below_runs(run.dir if isinstance(run, Run) else run)
-    if calibrated and isinstance(run, Run):
-        rel = f"{rel}/{run.calibration}"
-    return f"{LOGS}/{step}/{rel}.log"
+# ------------------------------------------------------------------------------------------------ paths
+def data_dir(task: str) -> str:
+    """Where a task's prepared data lives."""
+    return DATA_PATTERN.format(task=task)
+
+
+def log_pattern(step: str, calibrated: bool = False, member: bool = False, suffix: str = ".log",
+                root: str = LOGS) -> str:
+    """Where a step of a run logs, with the run's wildcards: ``results/logs/<step>/<the run folder below
+    results/runs/>.log``, the calibrated folder's for a calibrated step, ``…/member_<k>.log`` for a member's
+    training. ``suffix=".tsv", root=BENCHMARKS``: where Snakemake writes the job's benchmark."""
+    relative = CALIBRATED_RELATIVE if calibrated else RUN_RELATIVE
+    if member:
+        relative = f"{relative}/{MEMBER_LOG}"
+    return f"{root}/{step}/{relative}{suffix}"
+
+
+def benchmark_pattern(step: str, calibrated: bool = False, member: bool = False) -> str:
+    return log_pattern(step, calibrated, member, ".tsv", BENCHMARKS)
+
+
+def is_calibrated(folder: str | Path) -> bool:
+    """Whether ``folder`` is a run's calibrated folder (cal-pool<N>, cal-eval), not its training folder."""
+    return Path(folder).name.startswith(CALIBRATED_PREFIX)
+
+
+def training_dir(run: str | Path) -> Path:
+    """The folder holding a run's training: the parent of a calibrated folder, else the folder itself."""
+    run = Path(run)
+    return run.parent if is_calibrated(run) else run
+
+
+def run_file(run: str | Path, name: str) -> Path:
+    """A run's file, in the calibrated folder or, for training files, in its training folder."""
+    path = Path(run) / name
+    return path if path.exists() else training_dir(run) / name
+
+
+def below_runs(folder: str | Path) -> Path | None:
+    """A run folder's path below ``results/runs/`` (training or calibrated folder, either layout); a folder laid
+    out otherwise below a ``runs/`` folder: its path below the last one; None outside any ``runs/`` folder."""
+    parts = Path(folder).parts
+    depth = 6 if is_calibrated(folder) else 5  # <task>/<model>/b<budget>/<method folder>/s<seed>[/cal-…]
+    if len(parts) > depth and parts[-depth - 1] == Path(RUNS).name:
+        return Path(*parts[-depth:])
+    if Path(RUNS).name in parts:
+        return Path(*parts[len(parts) - parts[::-1].index(Path(RUNS).name):])
+    return None
+
+
+def logs_root_of(run: str | Path) -> Path | None:
+    """results/logs beside the results/runs/ that holds ``run``; None when ``run`` is not in the layout."""
+    below = below_runs(run)
+    if below is None:
+        return None
+    parts = Path(run).parts
+    return Path(*parts[: len(parts) - len(below.parts) - 1]) / Path(LOGS).name
+
+
+def step_log(logs: str | Path, step: str, run: str | Path, calibrated: bool, member: int | None = None) -> Path:
+    """The log a step of ``run`` (a calibrated folder, or a training folder) wrote below the logs root ``logs``:
+    the calibrated folder's for a calibrated step, the training folder's otherwise; MM member k's with ``member``.
+    A folder outside results/runs/ is taken as laid out as the workflow lays it out (its last folders)."""
+    below = below_runs(run)
+    if below is None:
+        below = Path(*Path(run).parts[-5:])
+    relative = below if calibrated or not is_calibrated(run) else below.parent
+    if member is not None:
+        return Path(logs) / step / relative / f"{MEMBER_LOG.format(k=member)}.log"
+    return Path(logs) / step / f"{relative}.log"
+
+
+def member_logs(logs: str | Path, step: str, run: str | Path) -> list[Path]:
+    """The member logs of a per-exit method's run, in member order."""
+    folder = step_log(logs, step, run, calibrated=False).with_suffix("")
+    return sorted(folder.glob(f"{MEMBER_LOG.format(k='*')}.log"), key=member_number)
+
+
+def member_number(path: Path) -> int:
+    match = re.search(r"member_(\d+)", path.name)
+    return int(match.group(1)) if match else 0
+
+
+def method_folder(run: str | Path) -> str:
+    """The method a run folder's path names (its ``<method>-<run id>`` or, before run ids, ``<method>`` folder)."""
+    return training_dir(run).parent.name.split("-")[0]
+
+
+def legacy_dir_of(run: str | Path) -> Path | None:
+    """Where the layout before run ids kept the run whose calibrated folder is ``run`` (None for another folder)."""
+    run = Path(run)
+    if not is_calibrated(run):
+        return None
+    seed_dir = run.parent
+    return seed_dir.parent.parent / method_folder(run) / seed_dir.name
+
+
+def run_fields(run: str | Path) -> dict[str, Any] | None:
+    """task, model (folder name), budget, method, run_id ("" before run ids), seed and calibration ("" for a
+    training folder) read back from a run folder's path; None when the path is not laid out as a run's."""
+    parts = training_dir(run).parts[-5:]  # <task>/<model>/b<budget>/<method folder>/s<seed>, wherever it is
+    match = _RUN_PATH.match("/".join(parts)) if len(parts) == 5 else None
+    if match is None:
+        return None
+    return {"task": match["task"], "model": match["model"], "budget": int(match["budget"]),
+            "method": match["method"], "seed": int(match["seed"]), "run_id": match["run_id"] or "",
+            "calibration": Path(run).name if is_calibrated(run) else ""}
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any] | None:
@@ -311,8 +424,3 @@ def _file_digest(path: Path) -> str | None:
                 digest.update(chunk)
         _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
-
-
-def _below_runs(run_dir: str) -> str:
-    parts = Path(run_dir).parts
-    return "/".join(parts[parts.index("runs") + 1:]) if "runs" in parts else Path(run_dir).as_posix()

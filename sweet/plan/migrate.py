@@ -27,6 +27,7 @@ from sweet.plan.layout import (
     RUN_JSON,
     Run,
     grid_runs,
+    step_log,
     training_identity,
 )
 from sweet.plan.settings import Model
@@ -198,19 +199,19 @@ def _add_columns(path: Path, meta: dict[str, Any]) -> None:
 
 
 def _move_logs(c: Candidate, root: Path) -> None:
-    old = Path(c.legacy).relative_to(root / "results" / "runs") if c.legacy.is_absolute() else \
-        Path(*c.legacy.parts[c.legacy.parts.index("runs") + 1:])
-    new = Path(*Path(c.run.dir).parts[Path(c.run.dir).parts.index("runs") + 1:])
+    """The old run's step logs to where the run's steps log now (sweet.plan.layout.step_log)."""
     logs = root / LOGS
+    target = root / c.run.dir
     for step in TRAINING_STEPS + CALIBRATED_STEPS:
-        source = logs / step / f"{old}.log"
+        source = step_log(logs, step, c.legacy, calibrated=False)  # the old folder held everything
         if source.is_file():
-            dest = logs / step / (f"{new}/{c.calibration}.log" if step in CALIBRATED_STEPS else f"{new}.log")
+            calibrated = step in CALIBRATED_STEPS
+            dest = step_log(logs, step, target / c.calibration if calibrated else target, calibrated)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, dest)
-    members = logs / "train_member" / old
+    members = step_log(logs, "train_member", c.legacy, calibrated=False).with_suffix("")
     if members.is_dir():
-        dest = logs / "train_member" / new
+        dest = step_log(logs, "train_member", target, calibrated=False).with_suffix("")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(members), str(dest))
 

@@ -15,13 +15,22 @@ everything itself (hand-made, or the layout before run ids) is read the same way
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from sweet.methods import METHODS
-from sweet.plan.layout import grid_runs as layout_grid_runs
-from sweet.plan.layout import record_mismatch
+from sweet.plan.layout import (
+    grid_runs,
+    legacy_dir_of,
+    logs_root_of,
+    member_logs,
+    member_number,
+    method_folder,
+    record_mismatch,
+    run_file,
+    step_log,
+    training_dir,
+)
 
 FINAL_FILES = ("curves.csv", "individual_exits.csv")  # a run is finished when both exist
 # A run's steps in workflow order, with the file each leaves in the run folder (None: nothing that lasts; MM's
@@ -76,33 +85,13 @@ class RunStatus:
         return f"{self.run}: {self.status}"
 
 
-def grid_runs(grid: dict) -> list[tuple[str, str]]:
+def grid_spec_runs(grid: dict) -> list[tuple[str, str]]:
     """``(calibrated folder, run id)`` of every run a grid spec names (sweet.plan.config.grid_spec), in its order."""
     return [(run["calibrated_dir"], run["run_id"]) for run in grid.get("runs", [])]
 
 
-def training_dir(run: str | Path) -> Path:
-    """The folder holding a run's training: the parent of a calibrated folder, else the folder itself."""
-    run = Path(run)
-    return run.parent if run.name.startswith("cal-") else run
-
-
-def run_file(run: str | Path, name: str) -> Path:
-    """A run's file, in the calibrated folder or, for training files, in its training folder."""
-    path = Path(run) / name
-    return path if path.exists() else training_dir(run) / name
-
-
 def is_finished(run: str | Path) -> bool:
     return all((Path(run) / name).is_file() for name in FINAL_FILES)
-
-
-def default_logs_root(run: str | Path) -> Path | None:
-    """results/logs beside results/runs, when ``run`` sits in the workflow's layout."""
-    parts = Path(run).parts
-    if "runs" not in parts:
-        return None
-    return Path(*parts[: len(parts) - 1 - parts[::-1].index("runs")]) / "logs"
 
 
 def run_status(run: str | Path, logs_root: str | Path | None = None, expected_id: str | None = None) -> RunStatus:
@@ -116,17 +105,17 @@ def run_status(run: str | Path, logs_root: str | Path | None = None, expected_id
             return RunStatus(name, "other settings", detail=mismatch)
     if is_finished(run):
         return RunStatus(name, "finished")
-    root = Path(logs_root) if logs_root is not None else default_logs_root(run)
+    root = Path(logs_root) if logs_root is not None else logs_root_of(run)
     logs = _step_logs(run, root) if root is not None else []
     for step, log in logs:
         detail = _error_line(log)
         if detail:
             return RunStatus(name, "failed", _step_name(step, log), log.as_posix(), detail)
-    method = training_dir(run).parent.name.split("-")[0]  # <method>-<run id>/s<seed>
+    method = method_folder(run)
     steps = [s for s in STEPS if s[0] not in NOT_FOR.get(method, set())]
     done = [i for i, (step, evidence) in enumerate(steps) if evidence and _has_evidence(run, step, evidence, logs)]
     if not done and not logs:
-        legacy = _legacy_dir(run)
+        legacy = legacy_dir_of(run)
         if legacy is not None and is_finished(legacy):
             return RunStatus(name, "never started", detail=f"results of the layout before run ids are in {legacy}: "
                              "`python -m sweet migrate-runs` moves them here")
@@ -144,7 +133,7 @@ def last_finished_grid(config: dict, models: dict, gpus: int = 0) -> tuple[str, 
     finished runs wins, then the more complete one."""
     best: tuple | None = None
     for grid in sorted(config["grids"]):
-        runs = [r.calibrated_dir for r in layout_grid_runs(config, grid, models, gpus)]
+        runs = [r.calibrated_dir for r in grid_runs(config, grid, models, gpus)]
         finished = [Path(r) for r in runs if is_finished(r)]
         if not finished:
             continue
@@ -172,38 +161,21 @@ def runs_fingerprint(runs: list[tuple[str, str]], logs_root: str | Path | None =
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _step_logs(run: Path, logs_root: Path) -> list[tuple[str, Path]]:
+def _step_logs(run: Path, logs: Path) -> list[tuple[str, Path]]:
     """The logs the run's steps have written, in workflow order."""
-    parts = run.parts
-    below = Path(*parts[len(parts) - parts[::-1].index("runs"):]) if "runs" in parts else Path(*parts[-5:])
-    training = below.parent if run.name.startswith("cal-") else below
     found = []
     for step, _ in STEPS:
-        rel = below if step in CALIBRATED_STEPS else training
         if step == "train_member":
-            members = (logs_root / step / rel).glob("member_*.log")
-            found += [(step, p) for p in sorted(members, key=_member_number)]
-        elif (logs_root / step / f"{rel}.log").is_file():
-            found.append((step, logs_root / step / f"{rel}.log"))
+            found += [(step, path) for path in member_logs(logs, step, run)]
+        else:
+            path = step_log(logs, step, run, calibrated=step in CALIBRATED_STEPS)
+            if path.is_file():
+                found.append((step, path))
     return found
 
 
-def _legacy_dir(run: Path) -> Path | None:
-    """Where the layout before run ids kept this run (…/<method>/s<seed>), when ``run`` is a calibrated folder."""
-    if not run.name.startswith("cal-"):
-        return None
-    seed_dir = run.parent
-    method = seed_dir.parent.name.split("-")[0]
-    return seed_dir.parent.parent / method / seed_dir.name
-
-
-def _member_number(path: Path) -> int:
-    match = re.search(r"member_(\d+)", path.name)
-    return int(match.group(1)) if match else 0
-
-
 def _step_name(step: str, log: Path) -> str:
-    return f"train (MM member {_member_number(log)})" if step == "train_member" else step
+    return f"train (MM member {member_number(log)})" if step == "train_member" else step
 
 
 def _has_evidence(run: Path, step: str, evidence: str, logs: list[tuple[str, Path]]) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sweet.errors import UserError
 from sweet.plan.config import RESULTS
-from sweet.plan.status import grid_runs
+from sweet.plan.status import grid_spec_runs
 from sweet.reporting.claims import OPERATING_POINT_MODES, ClaimSettings
 from sweet.reporting.collect import discover_runs
 from sweet.reporting.statistics import DEFAULT_SPEEDUPS, METHOD_TARGETS
@@ -67,7 +67,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         if "runs" not in grid:
             raise UserError("--grid-spec: no 'runs' list; pass what sweet.plan.config.grid_spec returns")
         runs += [Path(args.results) / Path(r).relative_to("results") if args.results != RESULTS else Path(r)
-                 for r, _ in grid_runs(grid)]
+                 for r, _ in grid_spec_runs(grid)]
     if args.runs_file:
         path = Path(args.runs_file)
         if not path.is_file():

@@ -16,7 +16,8 @@ import pandas as pd
 
 from sweet import methods as method_registry
 from sweet.errors import UserError
-from sweet.plan.status import RunStatus, run_file, run_status, training_dir
+from sweet.plan.layout import is_calibrated, run_fields, run_file, training_dir
+from sweet.plan.status import RunStatus, run_status
 
 RUN_KEYS = ["task", "model", "budget", "method", "seed"]
 GROUP_KEYS = ["task", "model", "budget"]  # a setting: one speed–accuracy figure, one block of a table
@@ -45,7 +46,6 @@ STRING_COLUMNS = {"task": str, "model": str, "method": str, "metric": str, "stra
 # does not know (an old or hand-made run) sorts after every registered one and is shown by its name.
 METHOD_ORDER = list(method_registry.names())
 DISPLAY = {name: method.label for name, method in method_registry.METHODS.items()}
-_RUN_PATH = re.compile(r"^b(?P<budget>\d+)/(?P<method>[a-z0-9_]+)(-(?P<run_id>[0-9a-f]{8}))?/s(?P<seed>\d+)$")
 
 
 def display_name(method: str) -> str:
@@ -245,16 +245,15 @@ def _check_unique(frame: pd.DataFrame, keys: list[str], name: str) -> None:
 
 
 def _identity_from_path(run: Path, model_names: dict[str, str]) -> dict:
-    """task/model/b<budget>/<method>-<run id>/s<seed>[/cal-…] from the folder's path (blank where it is laid out
+    """The run's identity as its folder's path names it (sweet.plan.layout.run_fields; blank where it is laid out
     otherwise)."""
-    calibration = run.name if run.name.startswith("cal-") else ""
-    parts = training_dir(run).parts[-5:]
-    match = _RUN_PATH.match("/".join(parts[2:])) if len(parts) == 5 else None
-    if match is None:
+    fields = run_fields(run)
+    if fields is None:
+        calibration = run.name if is_calibrated(run) else ""
         return {**dict.fromkeys(RUN_KEYS, ""), "run_id": "", "settings": "", "calibration": calibration}
-    return {"task": parts[0], "model": model_names.get(parts[1], parts[1]), "budget": int(match["budget"]),
-            "method": match["method"], "seed": int(match["seed"]), "run_id": match["run_id"] or "",
-            "settings": "", "calibration": calibration}
+    return {"task": fields["task"], "model": model_names.get(fields["model"], fields["model"]),
+            "budget": fields["budget"], "method": fields["method"], "seed": fields["seed"],
+            "run_id": fields["run_id"], "settings": "", "calibration": fields["calibration"]}
 
 
 def _member_index(path: Path) -> int:

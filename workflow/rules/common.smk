@@ -15,12 +15,18 @@ import re
 import shlex
 
 from sweet import methods as method_registry  # `methods` is run_files' argument
-from sweet.plan.layout import CALIBRATED_PATTERN, RUN_PATTERN, RUN_RELATIVE, grid_runs
+from sweet.plan.layout import (
+    CALIBRATED_PATTERN,
+    DATA_PATTERN,
+    RUN_PATTERN,
+    benchmark_pattern,
+    data_dir,
+    grid_runs,
+    log_pattern,
+)
 
 RUN = RUN_PATTERN  # results/runs/{task}/{model}/b{budget}/{method}-{run_id}/s{seed}
 CAL = CALIBRATED_PATTERN  # RUN/{calibration}
-LOG_RUN = RUN_RELATIVE  # the same below results/logs/<step>/
-LOG_CAL = f"{RUN_RELATIVE}/{{calibration}}"
 GRID = config["grids"][config["grid"]]
 SLUG_TO_MODEL = {m.slug: m for m in MODELS.values()}
 KEEP = bool(config.get("keep_checkpoints", False))
@@ -109,7 +115,7 @@ def task_inputs(wildcards):
 
 
 def task_dir(wildcards):
-    return f"results/data/{wildcards.task}"
+    return data_dir(wildcards.task)
 
 
 def run_record(wildcards):

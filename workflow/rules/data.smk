@@ -9,7 +9,7 @@ rule prepare:
     input:
         task_inputs,
     output:
-        directory("results/data/{task}"),
+        directory(DATA_PATTERN),
     params:
         spec=lambda wildcards: json.dumps(config["tasks"][wildcards.task], sort_keys=True),
     log:
@@ -65,4 +65,4 @@ rule fetch:
     internet before submitting from one that has not."""
     input:
         [fetched_record(m) for m in hub_models()],
-        [f"results/data/{t}" for t in GRID["tasks"] if config["tasks"][t]["source"] == "glue"],
+        [data_dir(t) for t in GRID["tasks"] if config["tasks"][t]["source"] == "glue"],

@@ -17,9 +17,9 @@ rule evaluate:
         batch=EVAL_BATCH,
         offline=OFFLINE,
     log:
-        f"results/logs/evaluate/{LOG_CAL}.log",
+        log_pattern("evaluate", calibrated=True),
     benchmark:
-        f"results/benchmarks/evaluate/{LOG_CAL}.tsv"
+        benchmark_pattern("evaluate", calibrated=True)
     group:
         "evaluate"
     resources:
@@ -47,7 +47,7 @@ rule curves:
         thresholds=config.get("thresholds", 11),
         dense=config.get("dense_thresholds", 101),
     log:
-        f"results/logs/curves/{LOG_CAL}.log",
+        log_pattern("curves", calibrated=True),
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -74,7 +74,7 @@ rule operating_points:
         targets=",".join(str(t) for t in (config.get("operating_points") or {}).get("targets", [1.5, 2, 3])),
         risk=json.dumps(config.get("risk_control") or {}, sort_keys=True),
     log:
-        f"results/logs/operating_points/{LOG_CAL}.log",
+        log_pattern("operating_points", calibrated=True),
     conda:
         "../../envs/sweet.yaml"
     threads: 1

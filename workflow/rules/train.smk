@@ -19,7 +19,7 @@ rule split:
     params:
         record=run_record,
     log:
-        f"results/logs/split/{LOG_RUN}.log",
+        log_pattern("split"),
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -38,7 +38,7 @@ rule calibration_split:
     params:
         calibration=calibration_args,
     log:
-        f"results/logs/calibration_split/{LOG_CAL}.log",
+        log_pattern("calibration_split", calibrated=True),
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -75,9 +75,9 @@ rule train:
         work_dir=checkpoint_dir,
         offline=OFFLINE,
     log:
-        f"results/logs/train/{LOG_RUN}.log",
+        log_pattern("train"),
     benchmark:
-        f"results/benchmarks/train/{LOG_RUN}.tsv"
+        benchmark_pattern("train")
     retries: TRAIN_RETRIES
     resources:
         mem_mb=train_mem_mb,
@@ -118,9 +118,9 @@ rule train_member:
         work_dir=checkpoint_dir,
         offline=OFFLINE,
     log:
-        f"results/logs/train_member/{LOG_RUN}/member_{{k}}.log",
+        log_pattern("train_member", member=True),
     benchmark:
-        f"results/benchmarks/train_member/{LOG_RUN}/member_{{k}}.tsv"
+        benchmark_pattern("train_member", member=True)
     retries: TRAIN_RETRIES
     resources:
         mem_mb=train_mem_mb,
@@ -147,7 +147,7 @@ rule combine:
     wildcard_constraints:
         method=PER_EXIT_PATTERN,
     log:
-        f"results/logs/combine/{LOG_RUN}.log",
+        log_pattern("combine"),
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -171,9 +171,9 @@ rule calibrate:
         batch=EVAL_BATCH,
         offline=OFFLINE,
     log:
-        f"results/logs/calibrate/{LOG_CAL}.log",
+        log_pattern("calibrate", calibrated=True),
     benchmark:
-        f"results/benchmarks/calibrate/{LOG_CAL}.tsv"
+        benchmark_pattern("calibrate", calibrated=True)
     group:
         "evaluate"
     resources:
