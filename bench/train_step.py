@@ -89,7 +89,7 @@ def bench_train_step(min_rounds: int, max_seconds: float, precision: float = 0.0
     from transformers import BertForSequenceClassification
 
     from sweet.batches import pad
-    from sweet.train import gradient_conflict
+    from sweet.conflict_probe import gradient_conflict
 
     texts, labels = sst2_sentences("dev")
     rng = np.random.default_rng(seed)

@@ -105,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sweet.data import load_prepared
     from sweet.plan.hub import resolve_backbone, snapshot_revision
     from sweet.plan.settings import TrainSpec
-    from sweet.train import TrainingInterrupted, train, write_training_record
+    from sweet.resume import TrainingInterrupted
+    from sweet.train import train, write_training_record
 
     spec = TrainSpec.from_dict(args.train_spec)
     task = load_prepared(args.task_dir)

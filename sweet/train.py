@@ -1,21 +1,18 @@
 """Fine-tuning with the Hugging Face Trainer: EE and SWEET models, or one Multi-Model member.
 
-Read top to bottom: the hyper-parameters (``TrainSpec``), the Trainer subclass that logs each exit's loss and
-optionally probes gradient conflict, and ``train`` which wires data, model and Trainer together, resumes from the
-last checkpoint after a kill, and writes the model atomically.
+Read top to bottom: the Trainer subclass that logs each exit's loss and optionally runs the gradient-conflict probe
+(``sweet.conflict_probe``), and ``train`` which wires data, model and Trainer together, resumes from the last
+checkpoint after a kill or a signal (``sweet.resume``), and writes the model atomically. The hyper-parameters are
+``sweet.plan.settings.TrainSpec`` (planning reads their defaults too); tracking is ``sweet.tracking``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
-import os
 import shutil
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,65 +31,17 @@ from transformers import (
 
 from sweet import methods
 from sweet.audit import require_separation, separation_audit
-from sweet.backbones import embedding_module, first_layer_extra
 from sweet.batches import encode
+from sweet.conflict_probe import gradient_conflict
 from sweet.errors import UserError
 from sweet.io import atomic_dir, write_csv, write_json
 from sweet.losses import method_loss
-from sweet.model import EarlyExitModel, exit_loss_terms
+from sweet.model import EarlyExitModel
 from sweet.multimodel import MemberModel
-from sweet.plan.settings import REPORT_TO_PACKAGES, TrainSpec
+from sweet.plan.settings import TrainSpec
 from sweet.provenance import provenance
-
-
-# ---------------------------------------------------------------------------------------------- experiment tracking
-def require_tracking_package(report_to: str) -> None:
-    """Fail in one line, before any model is loaded, when the chosen integration's package is not installed (the
-    Trainer would only say so after the model is built, in a traceback)."""
-    package = REPORT_TO_PACKAGES[report_to]
-    # The Trainer's TensorBoard callback also writes through tensorboardX when that is what is installed
-    modules = (package, "tensorboardX") if report_to == "tensorboard" else (package,)
-    if package is not None and all(importlib.util.find_spec(m) is None for m in modules):
-        raise UserError(f"training.report_to: {report_to} needs the '{package}' package, which is not installed; "
-                        f"`pip install {package}` in the training environment, or set training.report_to: none")
-
-
-def tracking_dir(out: str | Path, member: int | None = None) -> Path:
-    """Where a trained model's tracking logs go: ``tracking/`` in the run folder, beside ``model/`` (MM member k:
-    ``tracking/member_<k>/``). Not the checkpoint folder: that is removed once training ends (and may be on
-    scratch); ``model/`` itself may be deleted once evaluated."""
-    out = Path(out)
-    if member is None:
-        return out.parent / "tracking"
-    return out.parent.parent / "tracking" / f"member_{member}"
-
-
-@contextlib.contextmanager
-def tracking_environment(report_to: str, folder: str | Path):
-    """The integration's environment while training: logs under ``folder`` and nothing sent over the network
-    (compute nodes run offline). Variables the user set are kept: an explicit ``WANDB_MODE=online`` or a tracking
-    server is theirs to choose. Restored afterwards, so one process can train several runs."""
-    folder = Path(folder).resolve()
-    defaults = {
-        "none": {},
-        "tensorboard": {"TENSORBOARD_LOGGING_DIR": str(folder / "tensorboard")},
-        # wandb writes its offline run into WANDB_DIR/wandb/; `wandb sync` uploads it later, from a login node
-        "wandb": {"WANDB_MODE": "offline", "WANDB_DIR": str(folder), "WANDB_PROJECT": "sweet"},
-        # a local file store: without one, MLflow writes ./mlruns in whatever folder the job started in
-        "mlflow": {"MLFLOW_TRACKING_URI": (folder / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": "sweet"},
-    }[report_to]
-    added = [name for name in defaults if name not in os.environ]
-    if defaults:
-        folder.mkdir(parents=True, exist_ok=True)
-    os.environ.update({name: defaults[name] for name in added})
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
-
-
-CONFLICT_ROWS = "gradient_conflict_rows.json"
+from sweet.resume import CONFLICT_ROWS, CheckpointOnSignal, TrainingInterrupted, last_complete_checkpoint
+from sweet.tracking import require_tracking_package, tracking_dir, tracking_environment
 
 
 class ExitTrainer(Trainer):
@@ -136,133 +85,6 @@ class ExitTrainer(Trainer):
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / CONFLICT_ROWS, self.conflict_rows)
         super()._save_checkpoint(model, trial)
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; rerunning the same command resumes from it."""
-
-    exit_code = 75  # EX_TEMPFAIL: try again
-
-
-class CheckpointOnSignal(TrainerCallback):
-    """SIGTERM or SIGUSR1 → save a checkpoint at the next logging step, then stop training.
-
-    Slurm sends SIGTERM when a job is cancelled or pre-empted and, with ``--signal=TERM@<seconds>`` (the workflow
-    asks for it), that long before the time limit; SIGKILL follows after the cluster's KillWait. Stopping at a
-    logging step rather than at once keeps the resumed run's logged losses, and so its training record, identical
-    to an uninterrupted run's; logging steps are at most 10 optimizer steps apart, so the checkpoint comes soon.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self.stopped_at: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> CheckpointOnSignal:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-            print(f"received {self.received}: checkpointing at the next logging step, then stopping",
-                  file=sys.stderr, flush=True)
-
-    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.received and state.global_step % args.logging_steps == 0 and state.global_step < state.max_steps:
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped_at = state.global_step
-        return control
-
-
-def gradient_conflict(model: nn.Module, inputs: dict, step: int) -> list[dict]:
-    """Cosine between each block's own-exit gradient and every later exit's (and their sum), on one batch.
-
-    Block k holds the layers between exit k-1 and exit k (block 1 also the embeddings). The RNG state is restored
-    afterwards, so turning the probe on does not change the training run.
-    """
-    if not isinstance(model, EarlyExitModel):
-        return []
-    rng = torch.random.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    # Each exit's loss is rebuilt from the hidden state at its own layer: the model's stacked exit_losses would
-    # send exit k's backward pass through every later layer too (with zero gradients). This way it stops at
-    # block k: one forward plus Σ_k (layers up to exit k) of backward.
-    hidden_at_exit: dict[int, torch.Tensor] = {}
-
-    def capture(k: int):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            hidden_at_exit[k] = output[0] if isinstance(output, tuple) else output
-
-        return hook
-
-    handles = [module.register_forward_hook(capture(k)) for k, module in enumerate(model.exit_modules)]
-    try:
-        model(**{key: value for key, value in inputs.items() if key != "labels"})
-    finally:
-        for handle in handles:
-            handle.remove()
-    exit_losses = []
-    for k in range(model.num_exits):
-        logits, lte = model.exit_head(k, hidden_at_exit[k], inputs.get("attention_mask"))
-        exit_losses.append(exit_loss_terms(logits[None], inputs["labels"], None if lte is None else lte[None])[0])
-    blocks = block_parameters(model)
-    per_exit: list[list[list[torch.Tensor]]] = []  # [exit][block][parameter]
-    for k in range(model.num_exits):
-        own_blocks = blocks[: k + 1]
-        params = [p for block in own_blocks for p in block]
-        grads = torch.autograd.grad(exit_losses[k], params, retain_graph=k < model.num_exits - 1, allow_unused=True)
-        grads_by_block, start = [], 0
-        for block in own_blocks:
-            block_grads = grads[start : start + len(block)]
-            grads_by_block.append([torch.zeros_like(p) if g is None else g for p, g in zip(block, block_grads)])
-            start += len(block)
-        per_exit.append(grads_by_block)
-    torch.random.set_rng_state(rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state_all(cuda_rng)
-    rows = []
-    for b in range(len(blocks)):
-        own = per_exit[b][b]
-        later = {str(j + 1): per_exit[j][b] for j in range(b + 1, model.num_exits)}
-        if len(later) > 1:
-            later["sum"] = [sum(gs) for gs in zip(*later.values())]
-        for other, grads in later.items():
-            rows.append({"step": step, "block": b + 1, "exit": b + 1, "other": other, "cosine": _cosine(own, grads)})
-    return rows
-
-
-def block_parameters(model: EarlyExitModel) -> list[list[nn.Parameter]]:
-    """Backbone parameters grouped by block: block 1 = embeddings + layers 1..L_1, block k = layers L_{k-1}+1..L_k."""
-    layers = model.layers
-    blocks: list[list[nn.Parameter]] = []
-    previous = 0
-    for k, layer in enumerate(model.exit_layers):
-        params = [p for m in layers[previous:layer] for p in m.parameters()]
-        if k == 0:
-            params = list(embedding_module(model.backbone).parameters()) + params
-            extra = first_layer_extra(model.backbone)
-            if extra is not None:
-                params += list(extra.parameters())
-        blocks.append(params)
-        previous = layer
-    return blocks
-
-
-def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    """Cosine of two gradients given per parameter (summed per tensor: no concatenated copy of the block)."""
-    dot = sum(float((x.float() * y.float()).sum()) for x, y in zip(a, b))
-    norm_a = sum(float(x.float().square().sum()) for x in a) ** 0.5
-    norm_b = sum(float(y.float().square().sum()) for y in b) ** 0.5
-    return dot / (norm_a * norm_b) if norm_a * norm_b > 0 else float("nan")
 
 
 def train(
@@ -528,29 +350,6 @@ def _mean_logged_loss(history: list[dict]) -> float | None:
         total += entry["loss"] * (entry["step"] - previous)
         previous = entry["step"]
     return total / previous if previous else None
-
-
-def last_complete_checkpoint(work_dir: str | Path) -> str | None:
-    """The newest checkpoint a killed job finished writing (the Trainer writes its state file last).
-
-    The Trainer does not write checkpoints atomically, so a job killed while saving leaves a partial folder;
-    resuming must skip it rather than crash on it.
-    """
-    folder = Path(work_dir)
-    if not folder.is_dir():
-        return None
-    steps = sorted(
-        (int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
-    )
-    for _, path in reversed(steps):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            shutil.rmtree(path, ignore_errors=True)
-            continue
-        if (path / "rng_state.pth").is_file() and (path / "optimizer.pt").is_file():
-            return str(path)
-    return None
 
 
 def write_training_record(

@@ -24,10 +24,12 @@ from transformers import TrainerCallback
 
 from sweet import EarlyExitModel, losses, methods
 from sweet.backbones import init_backbone
+from sweet.conflict_probe import block_parameters
 from sweet.errors import UserError
 from sweet.plan.settings import TrainSpec
+from sweet.resume import TrainingInterrupted
 from sweet.synthetic import make_task
-from sweet.train import TrainingInterrupted, block_parameters, train
+from sweet.train import train
 
 EXITS = [1, 2, 4]  # three blocks: layer 1 (+ embeddings), layer 2, layers 3-4
 NUM_LABELS = 3

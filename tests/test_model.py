@@ -763,7 +763,7 @@ def test_layers_after_last_exit_not_computed(model_type, method, tmp_path_factor
 @pytest.mark.parametrize(("model_type", "pooling"), [("bert", None), ("qwen2", "mean")])
 def test_gradient_conflict_probe_matches_a_direct_computation(model_type, pooling, tmp_path_factory):
     """The probe's cosines equal cosines of concatenated per-block gradients computed from scratch."""
-    from sweet.train import block_parameters, gradient_conflict
+    from sweet.conflict_probe import block_parameters, gradient_conflict
 
     model = _model(model_type, tmp_path_factory, method="ee", pooling=pooling).eval()
     batch = _batch(model_type)
@@ -798,7 +798,7 @@ def test_gradient_conflict_probe_matches_a_direct_computation(model_type, poolin
 def test_gradient_conflict_probe_leaves_a_training_run_unchanged(tmp_path_factory):
     """In train mode with dropout on, the probe's own forward pass draws dropout masks; it restores the RNG, so a
     few optimizer steps with the probe before each give the same losses and parameters as without it."""
-    from sweet.train import gradient_conflict
+    from sweet.conflict_probe import gradient_conflict
 
     def run(probe: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         model = _model("bert", tmp_path_factory, "ee").train()

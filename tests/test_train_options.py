@@ -93,10 +93,11 @@ def test_report_to_outside_the_integrations_is_a_user_error():
 
 
 def test_a_missing_tracking_package_fails_in_one_line_before_anything_loads(rows, tmp_path, monkeypatch):
+    import sweet.tracking
     import sweet.train
 
-    real = sweet.train.importlib.util.find_spec
-    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: None if name == "wandb"
+    real = sweet.tracking.importlib.util.find_spec
+    monkeypatch.setattr(sweet.tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb"
                         else real(name, *a))
     spec = TrainSpec(report_to="wandb")
     # the backbone does not exist either: the tracking package is checked first, so its message is the one seen
@@ -105,17 +106,17 @@ def test_a_missing_tracking_package_fails_in_one_line_before_anything_loads(rows
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("training.report_to: wandb") and "pip install wandb" in message
-    sweet.train.require_tracking_package("none")  # nothing to install
-    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: None)  # nothing installed
+    sweet.tracking.require_tracking_package("none")  # nothing to install
+    monkeypatch.setattr(sweet.tracking.importlib.util, "find_spec", lambda name, *a: None)  # nothing installed
     with pytest.raises(UserError, match=r"^training\.report_to: tensorboard needs .*`pip install tensorboard`"):
-        sweet.train.require_tracking_package("tensorboard")
-    monkeypatch.setattr(sweet.train.importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboardX"
+        sweet.tracking.require_tracking_package("tensorboard")
+    monkeypatch.setattr(sweet.tracking.importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboardX"
                         else None)
-    sweet.train.require_tracking_package("tensorboard")  # the Trainer writes through tensorboardX then
+    sweet.tracking.require_tracking_package("tensorboard")  # the Trainer writes through tensorboardX then
 
 
 def test_tracking_logs_beside_the_model_and_offline(tmp_path, monkeypatch):
-    from sweet.train import tracking_dir, tracking_environment
+    from sweet.tracking import tracking_dir, tracking_environment
 
     run = tmp_path / "run"
     assert tracking_dir(run / "model") == run / "tracking"
