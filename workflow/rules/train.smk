@@ -6,7 +6,7 @@
 # must not delete a finished training, which Snakemake does to every job of a failed group. Cheap steps (split,
 # combine) run on the submit host (Snakefile: localrules). Training commands `exec` python so that Slurm's
 # SIGTERM (warning before the time limit, scancel, pre-emption) reaches the training process directly: it
-# checkpoints at its next logging step and exits, and the retry resumes (sweet/train.py: CheckpointOnSignal).
+# checkpoints at its next logging step and exits, and the retry resumes (sweet/resume.py: CheckpointOnSignal).
 
 
 rule split:
