@@ -333,8 +333,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     meta = dict(args.meta or [])
     if task_dir is None:
         from sweet.export import run_identity
+        from sweet.plan.layout import data_dir
 
-        task_dir = Path("results") / "data" / str(run_identity(paths, meta)["task"])
+        task_dir = Path(data_dir(str(run_identity(paths, meta)["task"])))
     command = "python -m sweet " + " ".join(shlex.quote(a) for a in args.argv)
     policy_json = export_run(paths, request, task_dir, args.out, meta, args.name, args.grid, command)
     ev = policy_json["evaluation"]

@@ -1,15 +1,12 @@
 """Which runs a grid names, which of them finished, and why the others did not.
 
-Standard library only (and ``sweet.plan.layout``, ``sweet.methods``): the Snakefile imports this module while it plans (to find the grid
-whose runs finished last, and to notice when more runs of a partial grid have finished), and planning must stay
-fast.
+Standard library only (and ``sweet.plan.layout``, ``sweet.methods``): the Snakefile imports this module while it
+plans (to find the grid whose runs finished last, and to notice when more runs of a partial grid have finished),
+and planning must stay fast.
 
-The layout is ``sweet.plan.layout``'s. A run is given by its *calibrated* folder
-``results/runs/<task>/<model folder>/b<budget>/<method>-<run id>/s<seed>/cal-<…>/`` (curves and logits), whose
-parent holds the training (splits, run.json, the training record). Each training step logs to
-``results/logs/<step>/<the run folder below runs/>.log`` (an MM member's to ``…/member_<k>.log``), each
-calibrated step to ``results/logs/<step>/<the calibrated folder below runs/>.log``. A folder that holds
-everything itself (hand-made, or the layout before run ids) is read the same way.
+Every path is ``sweet.plan.layout``'s: a run is given by its *calibrated* folder, whose parent holds the training
+(``layout.training_dir``); each step's log is ``layout.step_log``'s. A folder that holds everything itself
+(hand-made, or the layout before run ids) is read the same way.
 """
 
 from __future__ import annotations
@@ -86,7 +83,7 @@ class RunStatus:
 
 
 def grid_spec_runs(grid: dict) -> list[tuple[str, str]]:
-    """``(calibrated folder, run id)`` of every run a grid spec names (sweet.plan.config.grid_spec), in its order."""
+    """``(calibrated folder, run id)`` of every run a grid spec names (sweet.plan.layout.grid_spec), in its order."""
     return [(run["calibrated_dir"], run["run_id"]) for run in grid.get("runs", [])]
 
 

@@ -63,10 +63,10 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     if grid:
         missing = [k for k in ("name", "tasks", "models", "budgets", "methods", "seeds") if k not in grid]
         if missing:
-            raise UserError(f"--grid-spec: missing key {missing[0]!r}; pass what sweet.plan.config.grid_spec returns")
+            raise UserError(f"--grid-spec: missing key {missing[0]!r}; pass what sweet.plan.layout.grid_spec returns")
         if "runs" not in grid:
-            raise UserError("--grid-spec: no 'runs' list; pass what sweet.plan.config.grid_spec returns")
-        runs += [Path(args.results) / Path(r).relative_to("results") if args.results != RESULTS else Path(r)
+            raise UserError("--grid-spec: no 'runs' list; pass what sweet.plan.layout.grid_spec returns")
+        runs += [Path(args.results) / Path(r).relative_to(RESULTS) if args.results != RESULTS else Path(r)
                  for r, _ in grid_spec_runs(grid)]
     if args.runs_file:
         path = Path(args.runs_file)
@@ -109,7 +109,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``aggregate``, ``figures`` and ``report`` subcommands on the CLI's subparsers."""
     p = subparsers.add_parser("aggregate", help="a grid's tables and claims from per-run CSVs (results/<grid>/tables/)")
     p.add_argument("--grid-spec", type=_json_arg,
-                   help="the grid (JSON or @file, as sweet.plan.config.grid_spec writes it): its runs are aggregated, "
+                   help="the grid (JSON or @file, as sweet.plan.layout.grid_spec writes it): its runs are aggregated, "
                         "and runs without results are listed with the reason")
     p.add_argument("--results", default=RESULTS, help=f"where the grid's runs/ and logs/ are (default {RESULTS})")
     p.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR",
