@@ -21,7 +21,7 @@ from sweet.reporting.report import make_report
 from sweet.reporting.tables import aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["runs", "collect", "statistics", "claims", "tables", "figures", "report", "cli"]
+LAYERS = ["collect", "statistics", "claims", "tables", "figures", "report", "cli"]
 TRAINED = "synthetic/tiny-bert/b100/{method}-0000000{seed}/s{seed}"  # a run folder below results/runs/
 RUN = TRAINED + "/cal-pool1000"  # its calibrated folder, which the reporting reads
 
