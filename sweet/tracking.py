@@ -1,7 +1,7 @@
 """Experiment tracking while a run trains (``training.report_to``): the Trainer's own integrations, kept offline.
 
 A missing package is a one-line error before anything slow; each integration logs into the run's ``tracking/``
-folder; nothing is sent over the network (compute nodes run offline).
+folder (``sweet.plan.layout.tracking_dir``); nothing is sent over the network (compute nodes run offline).
 """
 
 from __future__ import annotations
@@ -24,16 +24,6 @@ def require_tracking_package(report_to: str) -> None:
     if package is not None and all(importlib.util.find_spec(m) is None for m in modules):
         raise UserError(f"training.report_to: {report_to} needs the '{package}' package, which is not installed; "
                         f"`pip install {package}` in the training environment, or set training.report_to: none")
-
-
-def tracking_dir(out: str | Path, member: int | None = None) -> Path:
-    """Where a trained model's tracking logs go: ``tracking/`` in the run folder, beside ``model/`` (MM member k:
-    ``tracking/member_<k>/``). Not the checkpoint folder: that is removed once training ends (and may be on
-    scratch); ``model/`` itself may be deleted once evaluated."""
-    out = Path(out)
-    if member is None:
-        return out.parent / "tracking"
-    return out.parent.parent / "tracking" / f"member_{member}"
 
 
 @contextlib.contextmanager

@@ -38,10 +38,11 @@ from sweet.io import atomic_dir, write_csv, write_json
 from sweet.losses import method_loss
 from sweet.model import EarlyExitModel
 from sweet.multimodel import MemberModel
+from sweet.plan.layout import tracking_dir
 from sweet.plan.settings import TrainSpec
 from sweet.provenance import provenance
 from sweet.resume import CONFLICT_ROWS, CheckpointOnSignal, TrainingInterrupted, last_complete_checkpoint
-from sweet.tracking import require_tracking_package, tracking_dir, tracking_environment
+from sweet.tracking import require_tracking_package, tracking_environment
 
 
 class ExitTrainer(Trainer):

@@ -116,7 +116,8 @@ def test_a_missing_tracking_package_fails_in_one_line_before_anything_loads(rows
 
 
 def test_tracking_logs_beside_the_model_and_offline(tmp_path, monkeypatch):
-    from sweet.tracking import tracking_dir, tracking_environment
+    from sweet.plan.layout import tracking_dir
+    from sweet.tracking import tracking_environment
 
     run = tmp_path / "run"
     assert tracking_dir(run / "model") == run / "tracking"

@@ -274,6 +274,16 @@ def benchmark_pattern(step: str, calibrated: bool = False, member: bool = False)
     return log_pattern(step, calibrated, member, ".tsv", BENCHMARKS)
 
 
+def tracking_dir(out: str | Path, member: int | None = None) -> Path:
+    """Where a trained model's tracking logs go: ``tracking/`` in the run folder, beside ``model/`` (MM member k:
+    ``tracking/member_<k>/``). Not the checkpoint folder: that is removed once training ends (and may be on
+    scratch); ``model/`` itself may be deleted once evaluated."""
+    out = Path(out)
+    if member is None:
+        return out.parent / "tracking"
+    return out.parent.parent / "tracking" / f"member_{member}"
+
+
 def is_calibrated(folder: str | Path) -> bool:
     """Whether ``folder`` is a run's calibrated folder (cal-pool<N>, cal-eval), not its training folder."""
     return Path(folder).name.startswith(CALIBRATED_PREFIX)
