@@ -237,9 +237,11 @@ def cmd_operating_points(args: argparse.Namespace) -> None:
     calibration, evaluation = load_logits(args.calibration_logits), load_logits(args.logits)
     meta = dict(args.meta or [])
     settings = args.risk_control or {}
-    unknown = sorted(set(settings) - {"enabled", "risks", "epsilons", "delta"})
+    # error_offsets is read at aggregation (`python -m sweet aggregate --risk-control`), where a setting's runs meet
+    unknown = sorted(set(settings) - {"enabled", "risks", "epsilons", "delta", "error_offsets"})
     if unknown:
-        raise UserError(f"--risk-control: unknown key {unknown[0]!r}; known keys: delta, enabled, epsilons, risks")
+        raise UserError(f"--risk-control: unknown key {unknown[0]!r}; known keys: delta, enabled, epsilons, "
+                        "error_offsets, risks")
     risks = list(settings.get("risks", DEFAULT_RISKS))
     bad = [r for r in risks if r not in RISKS]
     if bad:
@@ -506,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=_speedups_arg, default=[1.5, 2.0, 3.0],
                    help="target speedups of the held-out operating points (default 1.5,2,3)")
     p.add_argument("--risk-control", type=_json_arg, default={},
-                   help="JSON: enabled, risks (disagreement, accuracy-drop), epsilons, delta (config risk_control:)")
+                   help="JSON: enabled, risks (disagreement, accuracy-drop, error), epsilons, delta (config "
+                        "risk_control:; error_offsets is for `aggregate`)")
     p.add_argument("--out", required=True, help="operating_points.csv")
     p.add_argument("--risk-out", required=True, help="risk_control.csv")
     p.set_defaults(func=cmd_operating_points)

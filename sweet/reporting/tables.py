@@ -17,7 +17,15 @@ import pandas as pd
 from sweet.config import slug
 from sweet.io import atomic_dir, write_csv, write_json, write_text
 from sweet.reporting.claims import ClaimSettings, check_claims, claims_both_ways, claims_markdown
-from sweet.reporting.collect import GROUP_KEYS, Collected, collect, display_name, methods_in_order
+from sweet.reporting.collect import (
+    GROUP_KEYS,
+    Collected,
+    CommonTargetSettings,
+    collect,
+    common_target_rows,
+    display_name,
+    methods_in_order,
+)
 from sweet.reporting.runs import RunStatus
 from sweet.reporting.statistics import (
     DEFAULT_SPEEDUPS,
@@ -221,7 +229,9 @@ TABLES: dict[str, Builder] = {
     "operating_points.csv": lambda i: i.collected.operating_points,
     "envelope_gap.csv": lambda i: envelope_gap(i.collected.operating_points, i.claims.level),
     "risk_control.csv": lambda i: i.collected.risk_control,
-    "risk_control_summary.csv": lambda i: risk_control_summary(i.collected.risk_control),
+    # the error risk against one target per setting and seed (computed at aggregation from the runs' logits)
+    "risk_control_common.csv": lambda i: i.collected.common_target,
+    "risk_control_summary.csv": lambda i: risk_control_summary(i.collected.risk_control, i.collected.common_target),
     "runs.csv": lambda i: i.collected.runs,
     "missing_runs.txt": lambda i: missing_runs_text(i.collected.runs),
     "status.txt": lambda i: "".join(line + "\n" for line in (status_line(i.collected.runs, i.grid.get("name")),
@@ -254,12 +264,16 @@ def aggregate(
     claims: ClaimSettings | None = None,
     logs_root: str | Path | None = None,
     targets: Sequence[float] = METHOD_TARGETS,
+    common_target: CommonTargetSettings | None = None,
 ) -> dict[str, Path]:
     """Collect the runs and write every table into ``out_dir``; returns file name → path.
 
     ``grid`` is the grid's definition (sweet.config.grid_spec) when the runs are a grid's: the tables then name
-    it, and runs that left nothing behind get their model's configuration name."""
+    it, and runs that left nothing behind get their model's configuration name. ``common_target``: hold every
+    method of a setting to one error target (risk_control_common.csv; None: that table is empty)."""
     model_names = {slug(m): m for m in (grid or {}).get("models", [])}
     expected = {run["calibrated_dir"]: run["run_id"] for run in (grid or {}).get("runs", [])}
     collected = collect(run_dirs, logs_root, model_names, expected)
+    if common_target is not None:
+        collected.common_target = common_target_rows(collected, common_target)
     return write_tables(out_dir, TableInputs(collected, grid or {}, speedups, claims or ClaimSettings(), targets))
