@@ -53,7 +53,8 @@ reference is the best last-exit accuracy among a setting's methods on the calibr
 aggregation computes it, where all of a setting's runs are known; MM's last exit is its last member), so every
 method is held to the same target accuracy. Caveats: Learn-then-Test's guarantee is for a target fixed before
 the calibration data are seen, and this one is read off the same split, so the per-row statement "error ≤ ε with
-probability ≥ 1 − δ" is exact only as far as the reference's sampling error is negligible next to the offset.
+probability ≥ 1 − δ" is not proven for it; tests/test_risk.py measures it by simulation instead (two methods on
+shared examples: the chosen threshold's true error exceeds the target read off the draw in at most δ of draws).
 And the exact binomial test is unpaired: at error rate p on n calibration examples it needs roughly
 z_{1−δ}·sqrt(p(1 − p)/n) of room below ε (1.6 points at p = 0.1, n = 1000, δ = 0.05), so an offset smaller
 than that certifies nothing even for the reference's own early exits.
