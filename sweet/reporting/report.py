@@ -331,12 +331,12 @@ def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict 
             "target accuracy (mean)": [_points(t, scale) for t in common["target_accuracy_mean"]],
             "certified": [f"{c} of {n}" for c, n in zip(common["n_certified"], common["n_seeds"])],
             "certified speedup": ["–" if pd.isna(m) else f"{m:.2f}×" for m in common["certified_speedup_mean"]],
-            "evaluation accuracy": [_points(1 - r, scale) for r in common["eval_risk_mean"]],
-            "seeds below the target on evaluation": common["n_eval_above_epsilon"]}),
+            "evaluation score": [_points(v, scale) for v in common["certified_score_mean"]],
+            "certified seeds below the target on evaluation": common["n_eval_above_epsilon"]}),
             caption=f"Risk control on a common footing, {strategy} exit rule: the error rate held to one target "
                     "accuracy for every method of a setting, the best last exit among its methods on the "
-                    "calibration split (per seed) less the offset; certified speedup: mean evaluation speedup "
-                    "over the seeds that certified a threshold (a method whose own last exit is below the "
+                    "calibration split (per seed) less the offset; certified speedup and evaluation score: "
+                    "means over the seeds that certified a threshold (a method whose own last exit is below the "
                     "target is not certified: risk_control_common.csv's why). This is the column to compare "
                     "methods on."))
     if not risk.empty:
