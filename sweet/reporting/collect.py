@@ -332,7 +332,9 @@ def common_target_rows(collected: Collected, settings: CommonTargetSettings) -> 
     """The `error` risk of every finished run held to one target per setting × seed (sweet.risk.common_target_rows):
     the reference is the best last exit on the calibration split among the methods of that setting and seed. Read
     from each run's calibration_logits.npz and logits.npz; runs without them (evaluated before calibration logits
-    were kept) or calibrated on the evaluation set (no guarantee holds) take no part, not even in the reference."""
+    were kept) or calibrated on the evaluation set (no guarantee holds) take no part, not even in the reference.
+    Tables of a partly finished grid take the reference among the runs finished so far: it can rise as more
+    finish, and every common-target row of that setting and seed changes with it."""
     from sweet.curves import load_logits
     from sweet.data import compute_metrics
     from sweet.risk import common_reference, last_exit_accuracy
