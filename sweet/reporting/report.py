@@ -337,7 +337,7 @@ def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict 
                     "accuracy for every method of a setting, the best last exit among its methods on the "
                     "calibration split (per seed) less the offset; certified speedup and evaluation score: "
                     "means over the seeds that certified a threshold (a method whose own last exit is below the "
-                    "target is not certified: risk_control_common.csv's why). This is the column to compare "
+                    "target is not certified: risk_control_common.csv's why). This is the table to compare "
                     "methods on."))
     if not risk.empty:
         delta = float(risk["delta"].iloc[0])
