@@ -24,7 +24,8 @@ from sweet.curves import load_logits
 from sweet.data import load_prepared, prepare_task
 from sweet.errors import UserError
 from sweet.exits import EXIT_RULES, calibrated_probs, simulate
-from sweet.export import ExportPaths, PolicyRequest, check_exports, export_run
+from sweet.export import ExportPaths, export_run
+from sweet.export_policy import PolicyRequest, check_exports
 
 EXITS = [1, 2, 4]
 TEMPERATURES = [1.3, 0.9, 1.1]
