@@ -128,7 +128,7 @@ def cmd_combine(args: argparse.Namespace) -> None:
         if path.parent.resolve() != out.parent.resolve():
             raise UserError(f"--members: {member} must be a folder beside {out} (the MultiModel folder)")
         depths.append(MemberModel.from_pretrained(path).depth)
-    write_multimodel_config(out.parent, [Path(m).name for m in args.members], depths)
+    write_multimodel_config(out.parent, [Path(m).name for m in args.members], depths, args.method)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("combine", help="MM: declare trained members as one MultiModel folder")
     p.add_argument("--members", nargs="+", required=True)
+    p.add_argument("--method", choices=methods.names("per-exit"),
+                   help="the per-exit method the members were trained with (recorded in sweet_config.json)")
     p.add_argument("--out", required=True, help="<model>/sweet_config.json")
     p.set_defaults(func=cmd_combine)
 

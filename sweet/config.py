@@ -337,7 +337,7 @@ def pool_size(spec: dict, base: Path = Path(".")) -> int | None:
         return int(spec.get("train_size", SYNTHETIC_DEFAULTS["train_size"]))
     if spec["source"] == "glue":
         return GLUE_SIZES[spec.get("glue_task", "")][0] if spec.get("glue_task") in GLUE_SIZES else None
-    return _count_rows(base / spec["train"])
+    return _count_rows(base / spec["train"]) if "train" in TASK_SOURCES[spec["source"]].files else None
 
 
 def eval_shape(spec: dict, base: Path = Path(".")) -> tuple[int, int]:
@@ -347,7 +347,8 @@ def eval_shape(spec: dict, base: Path = Path(".")) -> tuple[int, int]:
     if spec["source"] == "glue":
         _, n, c = GLUE_SIZES.get(spec.get("glue_task", ""), (0, 5000, 2))
         return n, c
-    return _count_rows(base / spec["eval"]) or 1000, 2
+    counted = _count_rows(base / spec["eval"]) if "eval" in TASK_SOURCES[spec["source"]].files else None
+    return counted or 1000, 2
 
 
 # ------------------------------------------------------------------------------------------------ disk estimate
