@@ -65,4 +65,4 @@ rule fetch:
     internet before submitting from one that has not."""
     input:
         [fetched_record(m) for m in hub_models()],
-        [f"results/data/{t}" for t in GRID["tasks"] if config["tasks"][t]["source"] == "glue"],
+        [f"results/data/{t}" for t in GRID["tasks"] if TASK_SOURCES[config["tasks"][t]["source"]].downloads],
