@@ -6,7 +6,7 @@ layer takes the hidden state as its first argument and returns it (alone or firs
 per-example tensor a layer receives has the batch as its first dimension (so the early-exit runner can drop the
 rows that have left). Adding one is one ``Backbone`` entry.
 
-No torch at import: the configuration check (``sweet.config``) reads this registry while snakemake plans.
+No torch at import: the configuration check (``sweet.plan.config``) reads this registry while snakemake plans.
 """
 
 from __future__ import annotations

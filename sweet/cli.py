@@ -18,21 +18,10 @@ from sweet import methods  # the method registry: standard library only
 from sweet.backbones import POOLINGS  # the registry imports no torch
 from sweet.errors import UserError
 from sweet.exits import EXIT_RULES  # numpy only
+from sweet.plan.export_policy import POLICIES, RISKS  # torch-free
 
 POOLING_HELP = ("how each exit reads the hidden states: cls (first token), mean (over non-padding tokens) or last "
                 "(last non-padding token); default: the backbone's (cls for encoders, last for decoders)")
-
-
-def _json_arg(value: str) -> dict:
-    """A JSON object given inline or as @path."""
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at char {err.pos})") from None
-    if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return parsed
 
 
 def _layers_arg(value: str) -> list[int]:
@@ -126,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(TrainingInterrupted.exit_code)
     record = {"task": task.name, "backbone": args.backbone, "backbone_revision": snapshot_revision(backbone), **record}
-    if run:  # what the run's folder stands for (sweet.layout): its id, non-default settings and identity
+    if run:  # what the run's folder stands for (sweet.plan.layout): its id, non-default settings and identity
         record = {"run_id": run["run_id"], "settings": run["settings"], "identity": run["identity"], **record}
     write_training_record(record, args.metrics, args.gradient_conflict_out, dict(args.meta or []))
 
@@ -141,7 +130,7 @@ def cmd_combine(args: argparse.Namespace) -> None:
         if path.parent.resolve() != out.parent.resolve():
             raise UserError(f"--members: {member} must be a folder beside {out} (the MultiModel folder)")
         depths.append(MemberModel.from_pretrained(path).depth)
-    write_multimodel_config(out.parent, [Path(m).name for m in args.members], depths)
+    write_multimodel_config(out.parent, [Path(m).name for m in args.members], depths, args.method)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -239,9 +228,11 @@ def cmd_operating_points(args: argparse.Namespace) -> None:
     calibration, evaluation = load_logits(args.calibration_logits), load_logits(args.logits)
     meta = dict(args.meta or [])
     settings = args.risk_control or {}
-    unknown = sorted(set(settings) - {"enabled", "risks", "epsilons", "delta"})
+    # error_offsets is read at aggregation (`python -m sweet aggregate --risk-control`), where a setting's runs meet
+    unknown = sorted(set(settings) - {"enabled", "risks", "epsilons", "delta", "error_offsets"})
     if unknown:
-        raise UserError(f"--risk-control: unknown key {unknown[0]!r}; known keys: delta, enabled, epsilons, risks")
+        raise UserError(f"--risk-control: unknown key {unknown[0]!r}; known keys: delta, enabled, epsilons, "
+                        "error_offsets, risks")
     risks = list(settings.get("risks", DEFAULT_RISKS))
     bad = [r for r in risks if r not in RISKS]
     if bad:
@@ -315,7 +306,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     """A run → a deployable classifier folder (model, temperatures, exit_policy.json, model card)."""
     import shlex
 
-    from sweet.export import ExportPaths, PolicyRequest, export_run
+    from sweet.export import ExportPaths, export_run
+    from sweet.plan.export_policy import PolicyRequest
 
     policy = args.policy or ("manual" if args.threshold is not None else None)
     if policy is None:
@@ -348,10 +340,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from sweet.classifier import load_classifier
-    from sweet.data import _read_local
+    from sweet.data import read_records
 
     classifier = load_classifier(args.folder)
-    records = [record for _, record in _read_local(Path(args.input), "--input")]
+    records = [record for _, record in read_records(Path(args.input), "--input")]
     columns = list(dict.fromkeys(c for record in records for c in record))
     text_column = args.text_column or next((c for c in ("text", "sentence") if c in columns), None)
     if text_column is None or text_column not in columns:
@@ -396,8 +388,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # one parser for lists of speedups: the tables' and the operating points'
-    from sweet.reporting.cli import _speedups_arg, add_cli
+    # one parser each for lists of speedups (the tables' and the operating points') and for JSON arguments
+    from sweet.reporting.cli import _json_arg, _speedups_arg, add_cli
 
     parser = _OneLineParser(prog="python -m sweet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
@@ -458,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("combine", help="MM: declare trained members as one MultiModel folder")
     p.add_argument("--members", nargs="+", required=True)
+    p.add_argument("--method", choices=methods.names("per-exit"),
+                   help="the per-exit method the members were trained with (recorded in sweet_config.json)")
     p.add_argument("--out", required=True, help="<model>/sweet_config.json")
     p.set_defaults(func=cmd_combine)
 
@@ -509,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=_speedups_arg, default=[1.5, 2.0, 3.0],
                    help="target speedups of the held-out operating points (default 1.5,2,3)")
     p.add_argument("--risk-control", type=_json_arg, default={},
-                   help="JSON: enabled, risks (disagreement, accuracy-drop), epsilons, delta (config risk_control:)")
+                   help="JSON: enabled, risks (disagreement, accuracy-drop, error), epsilons, delta (config "
+                        "risk_control:; error_offsets is for `aggregate`)")
     p.add_argument("--out", required=True, help="operating_points.csv")
     p.add_argument("--risk-out", required=True, help="risk_control.csv")
     p.set_defaults(func=cmd_operating_points)
@@ -538,15 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True,
                    help="the run's calibrated folder (results/runs/<task>/<model>/b<budget>/<method>-<id>/s<seed>/cal-…)")
     p.add_argument("--out", required=True, help="folder to write (e.g. results/<grid>/classifiers/<name>)")
-    p.add_argument("--policy", choices=["held-out", "risk-control", "manual"],
+    p.add_argument("--policy", choices=POLICIES,
                    help="how the threshold is chosen (default: manual when --threshold is given)")
-    p.add_argument("--strategy", default="confidence", choices=["confidence", "entropy", "patience", "learned"],
+    p.add_argument("--strategy", default="confidence", choices=list(EXIT_RULES),
                    help="held-out / risk-control: the exit rule whose row is taken")
     p.add_argument("--target-speedup", type=float, help="held-out: a target_speedup of operating_points.csv")
-    p.add_argument("--risk", choices=["disagreement", "accuracy-drop"], help="risk-control: the controlled risk")
+    p.add_argument("--risk", choices=RISKS, help="risk-control: the controlled risk")
     p.add_argument("--epsilon", type=float, help="risk-control: the risk bound ε")
     p.add_argument("--delta", type=float, help="risk-control: the failure probability δ (optional when unique)")
-    p.add_argument("--rule", choices=["confidence", "entropy", "patience", "learned"], help="manual: the exit rule")
+    p.add_argument("--rule", choices=list(EXIT_RULES), help="manual: the exit rule")
     p.add_argument("--threshold", type=float, help="manual: the threshold")
     p.add_argument("--task-dir", help="the prepared task (default: results/data/<the run's task>)")
     p.add_argument("--model", help="trained model folder (default: <run>/model)")

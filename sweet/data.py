@@ -10,6 +10,7 @@ first N rows) and a calibration split disjoint from it, from the unused pool by 
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -23,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from sweet.errors import UserError
+from sweet.tasks import GLUE_DATASET, GLUE_TASKS, MIN_CALIBRATION, TASK_SOURCES
 
 FORMAT_VERSION = 1
-MIN_CALIBRATION = 50  # below this, per-exit temperatures are too noisy to be worth fitting
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,41 +83,7 @@ def compute_metrics(metric_names: Sequence[str], predictions: Any, labels: Any) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Task registry
-@dataclass(frozen=True)
-class GlueTask:
-    config: str  # the "nyu-mll/glue" configuration name
-    text: str
-    text_pair: str | None
-    label_names: tuple[str, ...]
-    metrics: tuple[str, ...]
-    primary_metric: str
-    eval_split: str = "validation"  # GLUE's test labels are hidden, so the validation split is the evaluation set
-
-
-GLUE_DATASET = "nyu-mll/glue"
-GLUE_TASKS: dict[str, GlueTask] = {
-    "cola": GlueTask("cola", "sentence", None, ("unacceptable", "acceptable"), ("matthews", "accuracy"), "matthews"),
-    "sst2": GlueTask("sst2", "sentence", None, ("negative", "positive"), ("accuracy",), "accuracy"),
-    "mrpc": GlueTask("mrpc", "sentence1", "sentence2", ("not_equivalent", "equivalent"), ("f1", "accuracy"), "f1"),
-    "qqp": GlueTask("qqp", "question1", "question2", ("not_duplicate", "duplicate"), ("f1", "accuracy"), "f1"),
-    "mnli": GlueTask(
-        "mnli", "premise", "hypothesis", ("entailment", "neutral", "contradiction"), ("accuracy",), "accuracy",
-        eval_split="validation_matched",
-    ),
-    "qnli": GlueTask("qnli", "question", "sentence", ("entailment", "not_entailment"), ("accuracy",), "accuracy"),
-    "rte": GlueTask("rte", "sentence1", "sentence2", ("entailment", "not_entailment"), ("accuracy",), "accuracy"),
-    "wnli": GlueTask("wnli", "sentence1", "sentence2", ("not_entailment", "entailment"), ("accuracy",), "accuracy"),
-}
-
-SOURCES = ("synthetic", "glue", "local")
-# Keys each source accepts in the task spec (the config's tasks.<name> mapping); anything else is a typo.
-SPEC_KEYS: dict[str, set[str]] = {
-    "synthetic": {"source", "train_size", "eval_size", "seed", "difficulty_weights"},
-    "glue": {"source", "glue_task"},
-    "local": {"source", "train", "eval", "text_column", "text_pair_column", "label_column", "labels", "metrics",
-              "primary_metric"},
-}
+# Tasks: the sources and the GLUE tasks are sweet.tasks' registries (torch-free, read while planning)
 LOCAL_EXTENSIONS = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 
 
@@ -143,22 +110,19 @@ def prepare_task(name: str, spec: dict, out_dir: str | os.PathLike) -> dict:
     before anything is written.
     """
     if not isinstance(spec, dict):
-        raise UserError(f"tasks.{name}: must be a mapping with a `source` ({', '.join(SOURCES)})")
+        raise UserError(f"tasks.{name}: must be a mapping with a `source` ({', '.join(TASK_SOURCES)})")
     source = spec.get("source")
-    if source not in SOURCES:
-        raise UserError(f"tasks.{name}.source: '{source}' is not a known source; use one of {', '.join(SOURCES)}")
-    unknown = sorted(set(spec) - SPEC_KEYS[source])
+    if source not in TASK_SOURCES:
+        raise UserError(f"tasks.{name}.source: '{source}' is not a known source; use one of {', '.join(TASK_SOURCES)}")
+    entry = TASK_SOURCES[source]
+    unknown = sorted(set(spec) - entry.keys)
     if unknown:
         raise UserError(
             f"tasks.{name}.{unknown[0]}: unknown key for source '{source}'; "
-            f"allowed keys are {', '.join(sorted(SPEC_KEYS[source]))}"
+            f"allowed keys are {', '.join(sorted(entry.keys))}"
         )
-    if source == "synthetic":
-        train, evaluation, info = _prepare_synthetic(name, spec)
-    elif source == "glue":
-        train, evaluation, info = _prepare_glue(name, spec)
-    else:
-        train, evaluation, info = _prepare_local(name, spec)
+    module, function = entry.prepare.split(":")
+    train, evaluation, info = getattr(importlib.import_module(module), function)(name, spec)
     has_pair = any("text_pair" in r for r in train)
     task = {
         "name": name,
@@ -293,28 +257,9 @@ def _permutation(pool_size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(pool_size)
 
 
-def tokenize(
-    examples: Sequence[dict], tokenizer: Any, max_length: int
-) -> tuple[list[dict[str, list[int] | int]], np.ndarray]:
-    """Per-example features (input_ids, attention_mask, token_type_ids if the model uses them, labels) without
-    padding, and each example's token count; pad per batch with ``transformers.DataCollatorWithPadding``."""
-    texts = [r["text"] for r in examples]
-    pairs = [r.get("text_pair", "") for r in examples] if any("text_pair" in r for r in examples) else None
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    features: list[dict[str, list[int] | int]] = []
-    for i, row in enumerate(examples):
-        item: dict[str, list[int] | int] = {k: list(enc[k][i]) for k in keys}
-        if "label" in row:
-            item["labels"] = int(row["label"])
-        features.append(item)
-    lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)  # type: ignore[arg-type]
-    return features, lengths
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Sources
-def _prepare_synthetic(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]:
+def prepare_synthetic(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]:
     from sweet import synthetic
 
     sizes = {}
@@ -354,13 +299,13 @@ def _load_hf_dataset(path: str, config: str, split: str) -> Any:
     return load_dataset(path, config, split=split)
 
 
-def _prepare_glue(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]:
+def prepare_glue(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]:
     glue_name = str(spec.get("glue_task", name)).lower()
     if glue_name not in GLUE_TASKS:
         key = "glue_task" if "glue_task" in spec else "source"
         raise UserError(
             f"tasks.{name}.{key}: '{glue_name}' is not a known GLUE task; use one of {', '.join(GLUE_TASKS)} "
-            "(or add an entry to sweet.data.GLUE_TASKS)"
+            "(or add an entry to sweet.tasks.GLUE_TASKS)"
         )
     task = GLUE_TASKS[glue_name]
     splits = []
@@ -392,15 +337,15 @@ def _prepare_glue(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]:
     return splits[0], splits[1], info
 
 
-def _prepare_local(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]:
+def prepare_local(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]:
     for key in ("train", "eval", "text_column", "label_column"):
         if not spec.get(key):
             raise UserError(f"tasks.{name}.{key}: missing; a local task needs train, eval, text_column and label_column")
     text_col, label_col = str(spec["text_column"]), str(spec["label_column"])
     pair_col = str(spec["text_pair_column"]) if spec.get("text_pair_column") else None
     train_path, eval_path = Path(spec["train"]), Path(spec["eval"])
-    train_raw = _read_local(train_path, f"tasks.{name}.train")
-    eval_raw = _read_local(eval_path, f"tasks.{name}.eval")
+    train_raw = read_records(train_path, f"tasks.{name}.train")
+    eval_raw = read_records(eval_path, f"tasks.{name}.eval")
     train_rows = _check_rows(train_path, train_raw, text_col, pair_col, label_col)
     eval_rows = _check_rows(eval_path, eval_raw, text_col, pair_col, label_col)
 
@@ -456,7 +401,7 @@ def _prepare_local(name: str, spec: dict) -> tuple[list[dict], list[dict], dict]
 _MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
 
 
-def _read_local(path: Path, key: str) -> list[tuple[str, dict[str, Any]]]:
+def read_records(path: Path, key: str) -> list[tuple[str, dict[str, Any]]]:
     """[(where, record)] with ``where`` = "row N" (CSV/TSV, 1-based, header not counted) or "line N" (JSONL)."""
     suffix = path.suffix.lower()
     if suffix not in LOCAL_EXTENSIONS:

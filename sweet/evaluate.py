@@ -38,12 +38,18 @@ def load_model(model_dir: str | Path) -> EarlyExitModel | MultiModel:
 
 
 def method_of(model: EarlyExitModel | MultiModel) -> str:
-    """The method a model was trained with: an EarlyExitModel's config records it; a MultiModel folder records
-    none, and is the registry's per-exit method (MM, the only one: a second would need `combine` to record it)."""
-    if isinstance(model, MultiModel):
-        (per_exit,) = methods.names("per-exit")
-        return per_exit
-    return model.config.method
+    """The method a model was trained with: an EarlyExitModel's config records it, as does a MultiModel folder
+    that `combine` wrote with its method; one written before records none and is the registry's per-exit method
+    when there is exactly one (MM)."""
+    if not isinstance(model, MultiModel):
+        return model.config.method
+    if model.method is not None:
+        return methods.get(model.method).name
+    per_exit = methods.names("per-exit")
+    if len(per_exit) != 1:
+        raise UserError(f"--model: this MultiModel folder does not record its method, and the per-exit methods are "
+                        f"{', '.join(per_exit)}; rerun `sweet combine --method …` to record it")
+    return per_exit[0]
 
 
 @torch.inference_mode()

@@ -163,9 +163,10 @@ def stock_pooling(config: Any) -> str:
 class MultiModel(nn.Module):
     """Members of growing depth; exit k is member k's prediction."""
 
-    def __init__(self, members: list[MemberModel]) -> None:
+    def __init__(self, members: list[MemberModel], method: str | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.method = method  # the per-exit method it was trained with, where its folder records one
         self.exit_layers = [m.depth for m in members]
         check_exit_layers(self.exit_layers, max(self.exit_layers), field="MultiModel member depths")
         self.num_labels = members[0].classifier.config.num_labels
@@ -193,7 +194,7 @@ class MultiModel(nn.Module):
             if config.get("kind") != "multi-model":
                 raise UserError(f"{folder / CONFIG_NAME}: not a MultiModel (kind={config.get('kind')!r})")
             members = [MemberModel.from_pretrained(folder / name) for name in config["members"]]
-            return cls(members)
+            return cls(members, config.get("method"))
         if num_labels is None or exit_layers is None:
             raise UserError(f"{name_or_path}: a backbone checkpoint needs num_labels=… and exit_layers=[…]")
         depth = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False).num_hidden_layers
@@ -208,7 +209,7 @@ class MultiModel(nn.Module):
         names = [member_dir_name(k + 1) for k in range(self.num_exits)]
         for member, name in zip(self.members, names):
             member.save_pretrained(folder / name)
-        write_multimodel_config(folder, names, self.exit_layers)
+        write_multimodel_config(folder, names, self.exit_layers, self.method)
 
     def forward(
         self,
@@ -225,7 +226,11 @@ class MultiModel(nn.Module):
         return ExitOutput(exit_logits=exit_logits, exit_losses=exit_losses, lte_scores=lte)
 
 
-def write_multimodel_config(folder: Path, member_names: list[str], exit_layers: list[int]) -> dict:
-    config = {"kind": "multi-model", "members": member_names, "exit_layers": list(exit_layers)}
+def write_multimodel_config(folder: Path, member_names: list[str], exit_layers: list[int],
+                            method: str | None = None) -> dict:
+    """sweet_config.json of a MultiModel folder; ``method``: the per-exit method (sweet.methods) its members were
+    trained with, recorded so that a second per-exit method is told apart from MM (folders before: none)."""
+    config = {"kind": "multi-model", "members": member_names, "exit_layers": list(exit_layers),
+              **({"method": method} if method is not None else {})}
     write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return config

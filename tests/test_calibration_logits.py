@@ -16,6 +16,7 @@ from sweet.calibrate import calibrate_exits
 from sweet.cli import main
 from sweet.curves import load_logits
 from sweet.data import load_prepared, make_splits, prepare_task
+from sweet.errors import UserError
 from sweet.evaluate import exit_logits, load_model
 from sweet.exits import EXIT_RULES
 from sweet.model import EarlyExitModel
@@ -134,3 +135,24 @@ def test_operating_points_stage_writes_the_contract_exactly_and_refuses_an_eval_
         main(stage)
     assert exit_info.value.code == 2
     assert not (run / "other_points.csv").exists() and not (run / "other_risk.csv").exists()
+
+
+def test_combine_records_the_per_exit_method_and_evaluation_reads_it(setup: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`combine --method` records the per-exit method in sweet_config.json and the logits say it; with a second
+    per-exit method registered, a folder that records none is refused rather than taken for MM."""
+    from sweet import methods
+    from sweet.evaluate import method_of
+
+    folder = _untrained_model(setup, "mm", "combined")
+    members = [str(folder / f"member_{k}") for k in range(1, len(EXITS) + 1)]
+    second = methods.Method("mm2", "MM 2", "#123456", "8", "a second per-exit method", "none", layout="per-exit")
+    monkeypatch.setitem(methods.METHODS, "mm2", second)
+    main(["combine", "--members", *members, "--method", "mm2", "--out", str(folder / "sweet_config.json")])
+    assert json.loads((folder / "sweet_config.json").read_text())["method"] == "mm2"
+    assert method_of(load_model(folder)) == "mm2"
+    main(["combine", "--members", *members, "--out", str(folder / "sweet_config.json")])  # as before: no method
+    with pytest.raises(UserError, match="does not record its method"):
+        method_of(load_model(folder))
+    monkeypatch.delitem(methods.METHODS, "mm2")
+    assert method_of(load_model(folder)) == "mm"  # folders written before: MM, the only per-exit method

@@ -300,17 +300,15 @@ def test_disk_estimate_of_paper_grid(config: dict) -> None:
 
 
 def test_task_keys_match_the_data_module() -> None:
-    """The schema's keys of each task source are exactly those sweet.data.prepare_task accepts."""
-    import ast
-
+    """The schema's keys of each task source are exactly those its registry entry (sweet.tasks) accepts."""
     from sweet.plan.config import load_schema
+    from sweet.tasks import TASK_SOURCES
 
-    tree = ast.parse((ROOT / "sweet" / "data.py").read_text())
-    node = next(n for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", "") == "SPEC_KEYS")
-    accepted = ast.literal_eval(node.value)
-    for branch in load_schema()["properties"]["tasks"]["additionalProperties"]["allOf"]:
+    branches = load_schema()["properties"]["tasks"]["additionalProperties"]["allOf"]
+    assert sorted(b["if"]["properties"]["source"]["const"] for b in branches) == sorted(TASK_SOURCES)
+    for branch in branches:
         source = branch["if"]["properties"]["source"]["const"]
-        assert set(branch["then"]["properties"]) == accepted[source], source
+        assert set(branch["then"]["properties"]) == TASK_SOURCES[source].keys, source
 
 
 # ------------------------------------------------------------------------------------- operating points, risk

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from sweet import data, synthetic
-from sweet.data import compute_metrics, load_prepared, make_splits, prepare_task, tokenize
+from sweet.data import compute_metrics, load_prepared, make_splits, prepare_task
 from sweet.errors import UserError
+from sweet.tasks import GLUE_TASKS
 from sweet.tokenizer import build_word_tokenizer
 
 
@@ -95,21 +96,6 @@ def test_word_tokenizer_round_trip_offline(tmp_path: Path, monkeypatch: pytest.M
         assert (tmp_path / "tok" / name).read_bytes() == (tmp_path / "tok2" / name).read_bytes()
 
 
-def test_tokenize_helper_no_padding_and_lengths(tmp_path: Path) -> None:
-    tok = build_word_tokenizer(synthetic.vocabulary(), tmp_path)
-    rows = [{"text": "the film was good.", "label": 1}, {"text": "the plot was not very dull", "label": 1}]
-    features, lengths = tokenize(rows, tok, max_length=6)
-    assert lengths.tolist() == [6, 6]  # both truncated
-    features, lengths = tokenize(rows, tok, max_length=64)
-    assert lengths.tolist() == [7, 8]
-    assert [len(f["input_ids"]) for f in features] == [7, 8] and features[0]["labels"] == 1
-    pairs = [{"text": "the film", "text_pair": "was good", "label": 0}]
-    features, _ = tokenize(pairs, tok, max_length=64)
-    assert features[0]["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Prepared folders
 def test_prepare_synthetic_folder(tmp_path: Path) -> None:
     out = tmp_path / "data" / "synthetic"
     prepare_task("synthetic", {"source": "synthetic", "train_size": 200, "eval_size": 80, "seed": 1}, out)
@@ -197,8 +183,8 @@ def test_glue_uses_registry_and_loader(tmp_path: Path, monkeypatch: pytest.Monke
      ("qqp", "f1", ["f1", "accuracy"]), ("sst2", "accuracy", ["accuracy"]), ("rte", "accuracy", ["accuracy"])],
 )
 def test_glue_registry_metrics(glue: str, primary: str, metrics: list[str]) -> None:
-    assert data.GLUE_TASKS[glue].primary_metric == primary and list(data.GLUE_TASKS[glue].metrics) == metrics
-    assert set(data.GLUE_TASKS) == {"cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "wnli"}
+    assert GLUE_TASKS[glue].primary_metric == primary and list(GLUE_TASKS[glue].metrics) == metrics
+    assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "wnli"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from sweet.curves import load_logits
 from sweet.data import load_prepared, prepare_task
 from sweet.errors import UserError
 from sweet.exits import EXIT_RULES, calibrated_probs, simulate
-from sweet.export import ExportPaths, PolicyRequest, check_exports, export_run
+from sweet.export import ExportPaths, export_run
+from sweet.plan.export_policy import PolicyRequest, check_exports
 
 EXITS = [1, 2, 4]
 TEMPERATURES = [1.3, 0.9, 1.1]
@@ -201,10 +202,12 @@ def test_risk_control_and_manual_policies(base: Path, tmp_path: Path) -> None:
     assert uncertified["chosen_by"]["certified"] is False
     assert "NO (no threshold meets the bound)" in (tmp_path / "uncertified" / "README.md").read_text()
 
-    # manual, through the CLI; predict through the CLI gives the simulation's labels and exits
-    manual = tmp_path / "manual"
-    main(["export", "--run", str(run), "--out", str(manual), "--rule", "confidence", "--threshold", str(threshold),
-          "--task-dir", str(task_dir), "--name", "sweet-demo"])
+    # manual, through the CLI, with a rule added after export was (softmax_diff: with two labels, top-1 − top-2 =
+    # 2·max − 1, so this threshold splits the examples as the confidence one does); predict through the CLI gives
+    # the simulation's labels and exits
+    manual, diff_threshold = tmp_path / "manual", 2 * threshold - 1
+    main(["export", "--run", str(run), "--out", str(manual), "--rule", "softmax_diff", "--threshold",
+          str(diff_threshold), "--task-dir", str(task_dir), "--name", "sweet-demo"])
     written = json.loads((manual / "exit_policy.json").read_text())
     assert written["chosen_by"] == {"how": "manual"} and written["name"] == "sweet-demo"
     assert written["command"].startswith("python -m sweet export --run ")
@@ -214,7 +217,8 @@ def test_risk_control_and_manual_policies(base: Path, tmp_path: Path) -> None:
     main(["predict", str(manual), "--input", str(tmp_path / "in.tsv"), "--out", str(tmp_path / "preds.tsv")])
     with open(tmp_path / "preds.tsv", encoding="utf-8", newline="") as fh:
         out_rows = list(csv.DictReader(fh, delimiter="\t"))
-    preds, exits, _ = _offline(run, "confidence", threshold)
+    preds, exits, _ = _offline(run, "softmax_diff", diff_threshold)
+    assert written["rule"] == "softmax_diff" and len(set(exits.tolist())) > 1  # some examples leave early
     assert [int(r["label_id"]) for r in out_rows] == preds.tolist()
     assert [int(r["exit_layer"]) for r in out_rows] == [EXITS[e] for e in exits]
     assert [r["sentence"] for r in out_rows] == texts

@@ -180,6 +180,7 @@ def test_no_empty_sections_and_captions_follow_the_data(tmp_path: Path) -> None:
     speed = [c["caption"] for c in captions if c["section"] == "speed_accuracy" and "one panel" not in c["caption"]]
     assert all("one seed, so no band" in c for c in speed) and all("1 seed per method" in c for c in speed[1:])
     assert "inconclusive (1 seed)" in html and "not tested (no EE runs)" in html
+    assert "DeBERTa SWEET figures may be EE" in html  # the reference script's parity caveat, by the claims
 
 
 def test_training_loss_table_is_tidy_and_read_from_the_training_folder(partial_grid: Path) -> None:

@@ -15,7 +15,7 @@ from sweet.curves import curve_rows, with_meta
 from sweet.exits import EXIT_RULES
 from sweet.operating_points import operating_point_rows
 from sweet.reporting.claims import ClaimSettings, check_claims
-from sweet.reporting.collect import read_table
+from sweet.reporting.collect import CommonTargetSettings, read_table
 from sweet.reporting.figures import make_figures
 from sweet.reporting.report import make_report
 from sweet.reporting.statistics import t_interval
@@ -26,6 +26,7 @@ from sweet.risk import risk_control_rows
 RULES = sum(not rule.needs_lte for rule in EXIT_RULES.values())
 
 SEEDS = (1, 2, 3)
+OFFSETS = (0.0, 0.02, 0.1)  # 0: as accurate as the best full model, which no weaker last exit can be
 
 
 def write_held_out(run: Path, meta: dict, method: str, seed: int) -> None:
@@ -35,6 +36,9 @@ def write_held_out(run: Path, meta: dict, method: str, seed: int) -> None:
     with_meta(operating_point_rows(*curves, [1.5, 2.0, 3.0]), meta).to_csv(run / "operating_points.csv", index=False)
     risk = risk_control_rows(calibration, evaluation, ["accuracy"], "accuracy", _accuracy, epsilons=[0.02, 0.05])
     with_meta(risk, meta).to_csv(run / "risk_control.csv", index=False)
+    # what the aggregation reads for the common error target (sweet.reporting.collect.common_target_rows)
+    np.savez(run / "calibration_logits.npz", **calibration)
+    np.savez(run / "logits.npz", **evaluation)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
             write_fake_run(run, "synthetic", "tiny-bert", 1000, method, seed)
             write_held_out(run, meta, method, seed)
             runs.append(run)
-    aggregate(runs, root / "tables")
+    aggregate(runs, root / "tables", common_target=CommonTargetSettings(OFFSETS, 0.05))
     make_figures(root / "tables", root / "figures", formats=["png"])
     make_report(root / "tables", root / "figures", root / "report.html")
     return root
@@ -102,9 +106,58 @@ def test_risk_tables_figure_and_report_section(grid: Path) -> None:
     summary = read_table(grid / "tables" / "risk_control_summary.csv")
     assert summary["n_certified"].max() <= 3
     index = pd.read_json(grid / "figures" / "index.json", typ="series")
-    entries = [f for f in index["figures"] if f["section"] == "risk_control"]
-    assert len(entries) == 1 and "fixed-sequence" in entries[0]["caption"]
-    assert (grid / "figures" / entries[0]["files"][0]).is_file()
+    entries = {Path(f["files"][0]).stem: f for f in index["figures"] if f["section"] == "risk_control"}
+    assert set(entries) == {"synthetic__tiny-bert__b1000", "synthetic__tiny-bert__b1000__tradeoff"}
+    own = entries["synthetic__tiny-bert__b1000"]
+    assert "fixed-sequence" in own["caption"] and "not a ranking of methods" in own["caption"]
+    tradeoff = entries["synthetic__tiny-bert__b1000__tradeoff"]
+    assert "Filled markers: the error rate held to one target for every method, 0, 2, 10 points below" in \
+        tradeoff["caption"]
+    for entry in entries.values():
+        assert (grid / "figures" / entry["files"][0]).is_file()
     html = (grid / "report.html").read_text()
     assert "Held-out operating points and risk control" in html
     assert "envelope − held-out" in html and "Risk control, confidence exit rule" in html
+    assert "Risk control on a common footing, confidence exit rule" in html
+    assert "The certified accuracy–speed trade-off, synthetic · tiny-bert" in html  # the figure's caption
+
+
+def test_common_target_is_the_best_last_exit_on_the_calibration_split_per_seed(grid: Path) -> None:
+    from sweet.reporting.collect import collect, common_target_rows
+
+    runs = sorted((grid / "runs").glob("*/*/*/*/s*"))
+    common = common_target_rows(collect(runs), CommonTargetSettings(OFFSETS, 0.05))
+    assert len(common) == 3 * 3 * RULES * len(OFFSETS)  # methods × seeds × rules × offsets
+    for seed in SEEDS:
+        last = {}
+        for method in ("ee", "sweet", "mm"):  # the calibration logits write_held_out stored, by hand
+            calibration = fake_logits(method, seed + 5000)
+            last[method] = float((calibration["exit_logits"][-1].argmax(-1) == calibration["labels"]).mean())
+        best = max(last, key=last.get)
+        mine = common[common["seed"] == seed]
+        assert set(mine["reference_method"]) == {best} and set(mine["reference_accuracy"]) == {last[best]}
+        for method, accuracy in last.items():
+            assert set(mine.loc[mine["method"] == method, "last_exit_accuracy"]) == {accuracy}
+        np.testing.assert_allclose(mine["target_accuracy"], last[best] - mine["offset"], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(mine["epsilon"], 1 - mine["target_accuracy"], rtol=0, atol=1e-15)
+    # offset 0: every method but the reference has a weaker last exit, so it is not certified, and says why
+    below = common[common["last_exit_accuracy"] < common["target_accuracy"]]
+    assert len(below) >= 2 * 3 * RULES  # the two other methods of every seed at offset 0, at least
+    assert not below["certified"].any() and (below["eval_speedup"] <= 1.0).all()
+    assert below["why"].str.contains("own last exit has calibration accuracy .* below the target").all()
+    assert common["certified"].any()  # 10 points below: the early exits get a chance
+    certified = common[common["certified"]]
+    assert (certified["upper_bound"] <= certified["epsilon"]).all()
+    # the summary's common-target rows: the seeds' mean over certified seeds, beside the own-last-exit rows
+    summary = read_table(grid / "tables" / "risk_control_summary.csv")
+    assert set(summary["footing"]) == {"own-last-exit", "common-target"}
+    row = summary[(summary["footing"] == "common-target") & (summary["method"] == "sweet")
+                  & (summary["strategy"] == "confidence") & (summary["offset"] == 0.1)]
+    mine = common[(common["method"] == "sweet") & (common["strategy"] == "confidence") & (common["offset"] == 0.1)]
+    assert len(row) == 1 and row["n_certified"].iloc[0] == mine["certified"].sum() > 0
+    expected = mine.loc[mine["certified"], "eval_speedup"].mean()
+    assert row["certified_speedup_mean"].iloc[0] == pytest.approx(expected, rel=1e-5)  # CSV: 6 digits
+    expected = mine.loc[mine["certified"], "eval_score"].mean()
+    assert row["certified_score_mean"].iloc[0] == pytest.approx(expected, rel=1e-5)
+    above = (mine["certified"] & (mine["eval_risk"] > mine["epsilon"])).sum()
+    assert row["n_eval_above_epsilon"].iloc[0] == above  # certified seeds only: a full model below target breaks nothing

@@ -18,6 +18,8 @@ from sweet.risk import (
     binomial_p_value,
     certifies,
     clopper_pearson_upper,
+    common_reference,
+    common_target_rows,
     conservative_order,
     fixed_sequence,
     risk_control_rows,
@@ -150,8 +152,63 @@ def test_chosen_threshold_passes_every_test_before_it_and_the_next_one_fails() -
         assert group.sort_values("epsilon")["n_certified"].is_monotonic_increasing
 
 
+def hand_made_logits() -> dict[str, np.ndarray]:
+    """200 examples of class 1, two exits (layers 1 and 2). 188 easy: exit 1 right at confidence σ(3) = 0.953, the
+    last right; 10 overconfident: exit 1 wrong at σ(2) = 0.881, the last right; 2 hard: both wrong, exit 1 at
+    σ(1) = 0.731. The error is 2/200 at every confidence threshold above 0.881 (the easy ones leave early, right)
+    and 12/200 from 0.881 down."""
+    logits = np.zeros((2, 200, 2), dtype=np.float32)
+    logits[0, :188, 1], logits[1, :188, 1] = 3.0, 5.0
+    logits[0, 188:198, 0], logits[1, 188:198, 1] = 2.0, 5.0
+    logits[0, 198:, 0], logits[1, 198:, 0] = 1.0, 3.0
+    return {"exit_logits": logits, "temperatures": np.ones(2, dtype=np.float32), "labels": np.ones(200, dtype=int),
+            "exit_layers": np.array([1, 2]), "layer_costs": np.array([1, 2])}
+
+
+def test_error_risk_certifies_the_fastest_threshold_that_keeps_the_error_rate_by_hand() -> None:
+    from scipy import stats
+
+    from sweet.curves import threshold_grid
+
+    logits = hand_made_logits()
+    rows = risk_control_rows(logits, logits, ["accuracy"], "accuracy", _accuracy, ["error"], [0.005, 0.05])
+    rows = rows[rows["strategy"] == "confidence"].set_index("epsilon")
+    grid, _ = threshold_grid("confidence", 2, 2, 11, 101)
+    # ε = 0.05: P(Bin(200, 0.05) ≤ 2) = 0.0023 passes and P(Bin(200, 0.05) ≤ 12) = 0.72 fails, so the choice is
+    # the lowest grid threshold above exit 1's confidence on the overconfident ten
+    assert stats.binom.cdf(2, 200, 0.05) <= 0.05 < stats.binom.cdf(12, 200, 0.05)
+    row = rows.loc[0.05]
+    assert row["certified"] and row["threshold"] == grid[grid > 1 / (1 + np.exp(-2.0))].min()
+    assert row["calibration_risk"] == 2 / 200 and row["eval_risk"] == 2 / 200
+    assert row["upper_bound"] == pytest.approx(stats.beta.ppf(0.95, 3, 198), rel=1e-12)
+    assert row["eval_speedup"] == pytest.approx(2 / ((188 * 1 + 12 * 2) / 200), rel=1e-12)
+    assert row["eval_score"] == 198 / 200
+    # ε = 0.005 is below the last exit's own error (0.01): nothing is tested, the last exit answers everything
+    row = rows.loc[0.005]
+    assert not row["certified"] and row["n_certified"] == 0 and row["eval_speedup"] == 1.0
+    assert row["calibration_risk"] == 0.01 and row["eval_risk"] == 0.01
+    assert "the last exit alone has calibration risk 0.01 > ε = 0.005" in row["why"]
+
+
+def test_common_target_is_the_reference_less_the_offset_and_a_weaker_last_exit_is_not_certified() -> None:
+    logits = hand_made_logits()  # its last exit: 198 of 200 right
+    assert common_reference({"ee": 0.99, "sweet": 0.995, "mm": 0.995}) == ("sweet", 0.995)  # ties: first given
+    rows = common_target_rows(logits, logits, "sweet", 0.995, ["accuracy"], "accuracy", _accuracy,
+                              offsets=[0.0, 0.045])
+    rows = rows[rows["strategy"] == "confidence"].set_index("offset")
+    assert rows.loc[0.045, "target_accuracy"] == pytest.approx(0.95, abs=1e-15)
+    assert rows.loc[0.045, "epsilon"] == pytest.approx(0.05, abs=1e-15)
+    # ε = 0.05 as in the test above: the same certified threshold
+    assert rows.loc[0.045, "certified"] and rows.loc[0.045, "calibration_risk"] == 0.01
+    assert rows.loc[0.045, "why"].startswith("target accuracy 0.9500 = reference 0.9950 (sweet) − 0.045; certified")
+    row = rows.loc[0.0]
+    assert row["last_exit_accuracy"] == 0.99 and row["target_accuracy"] == 0.995
+    assert not row["certified"] and row["threshold"] == np.inf and row["eval_speedup"] == 1.0
+    assert "own last exit has calibration accuracy 0.9900, below the target" in row["why"]
+
+
 # ---------------------------------------------------------------------------------------------- validity
-@pytest.mark.parametrize("risk_name,epsilon", [("disagreement", 0.05), ("accuracy-drop", 0.03)])
+@pytest.mark.parametrize("risk_name,epsilon", [("disagreement", 0.05), ("accuracy-drop", 0.03), ("error", 0.17)])
 def test_risk_control_holds_over_calibration_draws_where_the_naive_choice_does_not(
     risk_name: str, epsilon: float
 ) -> None:
@@ -182,3 +239,40 @@ def test_risk_control_holds_over_calibration_draws_where_the_naive_choice_does_n
     assert controlled_violations <= delta + slack
     assert naive_violations > delta + slack
     assert naive_violations > 2 * controlled_violations
+
+
+def test_the_common_target_read_off_the_calibration_split_still_holds_over_draws() -> None:
+    """The common target ε̂ = 1 − (best last-exit accuracy among the methods − offset) is read off the very
+    calibration draw it is then tested on, which Learn-then-Test's guarantee does not cover by itself. Two methods
+    on the same 10,000 examples (the second's exits 0.2 weaker); each of 200 draws takes 1,000 calibration
+    examples, computes ε̂ as the aggregation does, skips a method whose last exit is above it, and certifies by
+    fixed-sequence testing: the chosen threshold's true error exceeds ε̂ in at most δ of the draws (plus 3
+    binomial standard errors), and both methods are certified in some draws, so the check is not empty."""
+    risk, rule, delta, offset, draws, n_cal = RISKS["error"], EXIT_RULES["confidence"], 0.1, 0.05, 200, 1000
+    sequence = conservative_order(rule, np.linspace(0.5, 1.0, 26))
+    rng = np.random.default_rng(7)
+    labels, easiness = rng.integers(0, 2, size=10_000), rng.normal(size=10_000)
+    losses, last = [], []
+    for shift in (0.0, -0.2):
+        margins = np.stack([a + shift + 1.5 * easiness + 0.7 * rng.normal(size=labels.size) for a in (0.3, 1.0, 1.8)])
+        logits = np.zeros((3, labels.size, 2), dtype=np.float32)
+        logits[:, :, 1] = margins * np.where(labels == 1, 1.0, -1.0)
+        probs = calibrated_probs(logits)
+        preds = probs.argmax(axis=-1)
+        losses.append(np.stack([risk.loss(preds, labels, simulate(rule, probs, None, t)) for t in sequence]))
+        last.append((preds[-1] != labels).astype(float))
+    true_risk = [m.mean(axis=1) for m in losses]
+    certified, violations = np.zeros(2), np.zeros(2)
+    for _ in range(draws):
+        sample = rng.integers(0, labels.size, size=n_cal)
+        epsilon = 1 - (max(1 - m[sample].mean() for m in last) - offset)
+        for method in range(2):
+            if last[method][sample].mean() > epsilon:
+                continue
+            chosen = fixed_sequence(lambda i, m=method, s=sample, e=epsilon: certifies(risk, losses[m][i, s], e, delta),
+                                    len(sequence))
+            if chosen >= 0:
+                certified[method] += 1
+                violations[method] += true_risk[method][chosen] > epsilon
+    assert (certified > 0.2 * draws).all()
+    assert (violations / draws <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)).all()

@@ -265,6 +265,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.mark.slow  # real grids through Snakemake: minutes on 2 cores
 def test_grids_that_differ_never_share_a_run_and_grids_that_agree_do(
         shared: Path, alone: dict[str, dict[str, bytes]]) -> None:
     repo = shared
@@ -300,6 +301,7 @@ def test_grids_that_differ_never_share_a_run_and_grids_that_agree_do(
         assert set(planned(result)) <= {"aggregate", "tables"}, (extra, result.stdout[-2000:])
 
 
+@pytest.mark.slow  # real grids through Snakemake: minutes on 2 cores
 def test_a_grid_never_counts_a_folder_recording_other_settings(shared: Path) -> None:
     repo = shared
     snakemake(repo, "tables", "--config", "grid=id-a")
@@ -317,6 +319,7 @@ def test_a_grid_never_counts_a_folder_recording_other_settings(shared: Path) -> 
         run.write_text(json.dumps(record))
 
 
+@pytest.mark.slow  # real grids through Snakemake: minutes on 2 cores
 def test_calibration_is_not_training(shared: Path) -> None:
     repo = shared
     snakemake(repo, "tables", "--config", "grid=id-k", "keep_checkpoints=true")  # the trained model is kept
@@ -335,6 +338,7 @@ def test_calibration_is_not_training(shared: Path) -> None:
     assert planned(plan).get("train") == 1
 
 
+@pytest.mark.slow  # real grids through Snakemake: minutes on 2 cores
 def test_runs_of_the_layout_before_run_ids_are_moved_not_retrained(shared: Path) -> None:
     repo = shared
     snakemake(repo, "tables", "--config", "grid=id-a")
@@ -379,7 +383,7 @@ def test_runs_of_the_layout_before_run_ids_are_moved_not_retrained(shared: Path)
     assert set(planned(result)) <= {"aggregate", "tables"}, planned(result)  # no training, no evaluation
     # the same tables, except that a run of the old layout kept no calibration logits: no held-out points
     held_out = {"operating_points.csv", "envelope_gap.csv", "risk_control.csv", "risk_control_summary.csv",
-                "claims_operating_points.csv"}
+                "risk_control_common.csv", "claims_operating_points.csv"}
     after = tables(repo, "id-a")
     assert {k: v for k, v in after.items() if k not in held_out} == \
         {k: v for k, v in expected.items() if k not in held_out}

@@ -276,7 +276,7 @@ def test_aggregate_cli_writes_every_table(tmp_path: Path) -> None:
                      "runs.csv", "missing_runs.txt", "status.txt", "grid.json", "training_loss.csv",
                      # held-out operating points and risk control (empty here: these runs have neither CSV)
                      "claims_operating_points.csv", "operating_points.csv", "envelope_gap.csv", "risk_control.csv",
-                     "risk_control_summary.csv",
+                     "risk_control_summary.csv", "risk_control_common.csv",
                      # every method against EE; multi-stage methods' stages (header only here)
                      "methods.csv", "training_stages.csv"}
     assert (tmp_path / "tables" / "missing_runs.txt").read_text() == ""
@@ -291,7 +291,11 @@ def test_aggregate_cli_writes_every_table(tmp_path: Path) -> None:
         args = parser.parse_args(["aggregate", "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "t3"),
                                   "--claims", '{"margins": 2}'])
         args.func(args)
-    assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
+    with pytest.raises(UserError, match=r"--risk-control: error_offsets must be a list of numbers in \[0, 1\)"):
+        args = parser.parse_args(["aggregate", "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "t4"),
+                                  "--risk-control", '{"error_offsets": [1.5]}'])
+        args.func(args)
+    assert not any((tmp_path / t).exists() for t in ("t2", "t3", "t4"))
 
 
 def test_aggregate_is_deterministic(tmp_path: Path) -> None:

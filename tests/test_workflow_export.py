@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from test_workflow_kill import _copy_tree
 
-pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
+pytestmark = [pytest.mark.slow,  # the real workflow in a copy of the repository: minutes on 2 cores
+              pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")]
 
 NEEDS_THE_MODEL = {"train", "train_member", "combine", "calibrate", "evaluate", "export"}
 RUNS = "results/runs/synthetic-tiny/tiny-bert/b200"  # then sweet-<run id>/s1 (sweet.plan.layout)

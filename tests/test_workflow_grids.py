@@ -16,7 +16,8 @@ from test_workflow_kill import _copy_tree
 from sweet.plan.config import load_config_file, validate
 from sweet.plan.layout import Run, grid_runs
 
-pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
+pytestmark = [pytest.mark.slow,  # the real workflow in a copy of the repository: minutes on 2 cores
+              pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")]
 
 SMOKE = [("synthetic-smoke", 200, method, 1) for method in ("ee", "sweet", "mm")]
 DEMO = [("synthetic", budget, method, seed) for budget in (1000, 2000) for method in ("ee", "sweet", "mm")

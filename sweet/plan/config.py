@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from sweet import methods  # the method registry: standard library only
-from sweet.backbones import BACKBONES, resolve_pooling  # the registry imports no torch
+from sweet.backbones import BACKBONES, POOLINGS, resolve_pooling  # the registry imports no torch
 from sweet.errors import UserError
 from sweet.plan.cluster import CLUSTER_DEFAULTS, JOB_START_MINUTES
 from sweet.plan.estimates import SYNTHETIC_VOCAB, pool_size
 from sweet.plan.settings import KNOWN_BACKBONES, RESULTS, Model, slug
+from sweet.tasks import GLUE_TASKS, MIN_CALIBRATION, TASK_SOURCES  # standard library only
 
 # Folders under results/ that are not a grid's: a grid's tables, figures and report go to results/<grid>/, so a
 # grid may not take one of these names.
 RESERVED_GRID_NAMES = ("runs", "data", "logs", "backbones", "benchmarks", "hub-cache")
-METHODS = methods.names()  # the registry's order (sweet.methods): adding a method is one entry there
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-MIN_CALIBRATION = 50  # as sweet.data.MIN_CALIBRATION: the smallest calibration split `split` accepts
 
 
 # ------------------------------------------------------------------------------------------------ public API
@@ -70,21 +69,48 @@ def merge(base: dict, overlay: dict) -> dict:
 def load_schema(path: str | Path | None = None) -> dict:
     import yaml
 
+    schema = yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+    fill_registry_enums(schema)
+    return schema
+
+
+def fill_registry_enums(schema: dict) -> None:
+    """The schema's lists of registry names, taken from the registries when the schema is loaded rather than
+    copied into it: the exit rules (``sweet.exits``), methods (``sweet.methods``), poolings (``sweet.backbones``),
+    task sources and GLUE tasks (``sweet.tasks``). A source's keys become the schema branch of tasks of that
+    source, unless the schema types them itself."""
     from sweet.exits import EXIT_RULES  # numpy only; imported here so planning that never validates skips it
 
-    schema = yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
-    # The exit rules are a registry in the package; the schema takes their names from it rather than a copy.
-    exit_rule = schema.get("properties", {}).get("claims", {}).get("properties", {}).get("exit_rule")
-    if exit_rule is not None:
-        exit_rule["enum"] = list(EXIT_RULES)
-    # Likewise the methods (sweet.methods): a grid's methods and an export's method are the registry's names.
     defs, properties = schema.get("$defs", {}), schema.get("properties", {})
-    for where in (defs.get("export", {}).get("properties", {}).get("method"),
-                  properties.get("grids", {}).get("additionalProperties", {}).get("properties", {})
-                  .get("methods", {}).get("items")):
-        if where is not None:
-            where["enum"] = list(METHODS)
-    return schema
+
+    def at(node: dict | None, *keys: str) -> dict | None:
+        for key in keys:
+            node = (node or {}).get(key)
+        return node
+
+    grid = at(properties, "grids", "additionalProperties", "properties")
+    export = at(defs, "export", "properties")
+    enums = {
+        tuple(EXIT_RULES): [at(properties, "claims", "properties", "exit_rule"), at(export, "strategy"),
+                            at(export, "rule")],
+        tuple(methods.names()): [at(export, "method"), at(grid, "methods", "items")],
+        tuple(POOLINGS): [at(properties, "models", "additionalProperties", "properties", "pooling")],
+        tuple(TASK_SOURCES): [at(properties, "tasks", "additionalProperties", "properties", "source")],
+    }
+    tasks = at(properties, "tasks", "additionalProperties") or {}
+    branches = tasks.get("allOf", [])
+    typed = {b["if"]["properties"]["source"]["const"]: b for b in branches}
+    for name, source in TASK_SOURCES.items():
+        if name not in typed:  # a source the schema does not type: its keys, any values
+            branches.append({"if": {"properties": {"source": {"const": name}}},
+                             "then": {"additionalProperties": False, "properties": dict.fromkeys(source.keys, True)}})
+    glue_task = at(typed.get("glue"), "then", "properties", "glue_task")
+    enums[tuple(GLUE_TASKS)] = [glue_task]
+    for names, places in enums.items():
+        for place in places:
+            if place is not None:
+                place.pop("type", None)
+                place["enum"] = list(names)
 
 
 def validate(config: dict, schema_path: str | Path | None = None, base_dir: str | Path = ".") -> dict[str, Model]:
@@ -125,7 +151,7 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
 
     _check_method_options(config)
 
-    from sweet.export import check_exports  # light: no torch
+    from sweet.plan.export_policy import check_exports  # light: no torch
 
     check_exports(config)
 
@@ -146,8 +172,8 @@ def validate(config: dict, schema_path: str | Path | None = None, base_dir: str 
     on_pool = config.get("calibrate_on", "pool") == "pool"
     for t in grid["tasks"]:
         spec = tasks[t]
-        if spec["source"] == "local":
-            for part in ("train", "eval"):
+        for part in TASK_SOURCES[spec["source"]].files:  # a local task's files
+            if part in spec:
                 path = base / spec[part]
                 if not path.is_file():
                     raise UserError(f"tasks.{t}.{part}: file '{spec[part]}' not found (relative paths are read from "
@@ -213,7 +239,7 @@ def _check_method_options(config: dict) -> None:
     for key, section in sections:
         for name, options in section.items():
             if name not in methods.METHODS:
-                raise UserError(f"{key}.{name}: '{name}' is not a method; use one of {', '.join(METHODS)}")
+                raise UserError(f"{key}.{name}: '{name}' is not a method; use one of {', '.join(methods.names())}")
             if options is not None and not isinstance(options, dict):
                 raise UserError(f"{key}.{name}: must be a mapping of option → value, got {options!r}")
             # Each side checked whole, so any key-by-key merge of the two is valid too.

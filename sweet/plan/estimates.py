@@ -13,19 +13,12 @@ from typing import Any
 
 from sweet import methods  # the method registry: standard library only
 from sweet.plan.settings import RESULTS, SYNTHETIC_DEFAULTS, Model
+from sweet.tasks import GLUE_TASKS, TASK_SOURCES  # standard library only
 
-# Training-pool and evaluation sizes of the GLUE tasks (GLUE train / validation; MNLI: validation_matched), and
-# their label counts: known offline, so a budget that does not fit is refused before anything downloads.
-GLUE_SIZES: dict[str, tuple[int, int, int]] = {
-    "sst2": (67_349, 872, 2),
-    "mnli": (392_702, 9_815, 3),
-    "qnli": (104_743, 5_463, 2),
-    "qqp": (363_846, 40_430, 2),
-    "mrpc": (3_668, 408, 2),
-    "rte": (2_490, 277, 2),
-    "cola": (8_551, 1_043, 2),
-    "wnli": (635, 71, 2),
-}
+# Training-pool and evaluation sizes of the GLUE tasks, and their label counts (sweet.tasks.GLUE_TASKS): known
+# offline, so a budget that does not fit is refused before anything downloads.
+GLUE_SIZES: dict[str, tuple[int, int, int]] = {name: (t.pool_size, t.eval_size, len(t.label_names))
+                                               for name, t in GLUE_TASKS.items()}
 
 SYNTHETIC_VOCAB = 1000  # rough size of the offline word-level tokenizer, for the disk estimate only
 
@@ -36,7 +29,7 @@ def pool_size(spec: dict, base: Path = Path(".")) -> int | None:
         return int(spec.get("train_size", SYNTHETIC_DEFAULTS["train_size"]))
     if spec["source"] == "glue":
         return GLUE_SIZES[spec.get("glue_task", "")][0] if spec.get("glue_task") in GLUE_SIZES else None
-    return _count_rows(base / spec["train"])
+    return _count_rows(base / spec["train"]) if "train" in TASK_SOURCES[spec["source"]].files else None
 
 
 def eval_shape(spec: dict, base: Path = Path(".")) -> tuple[int, int]:
@@ -46,7 +39,8 @@ def eval_shape(spec: dict, base: Path = Path(".")) -> tuple[int, int]:
     if spec["source"] == "glue":
         _, n, c = GLUE_SIZES.get(spec.get("glue_task", ""), (0, 5000, 2))
         return n, c
-    return _count_rows(base / spec["eval"]) or 1000, 2
+    counted = _count_rows(base / spec["eval"]) if "eval" in TASK_SOURCES[spec["source"]].files else None
+    return counted or 1000, 2
 
 
 def parameter_count(arch: dict[str, int], depth: int | None = None) -> int:

@@ -12,7 +12,7 @@ from sweet.errors import UserError
 from sweet.plan.config import RESULTS
 from sweet.plan.status import grid_spec_runs
 from sweet.reporting.claims import OPERATING_POINT_MODES, ClaimSettings
-from sweet.reporting.collect import discover_runs
+from sweet.reporting.collect import CommonTargetSettings, discover_runs
 from sweet.reporting.statistics import DEFAULT_SPEEDUPS, METHOD_TARGETS
 
 
@@ -55,6 +55,26 @@ def _claim_settings(values: dict) -> ClaimSettings:
     return settings
 
 
+def _common_target_settings(values: dict, thresholds: int, dense: int) -> CommonTargetSettings | None:
+    """The config's risk_control block → the common error target's settings (None: risk control is off)."""
+    from sweet.risk import DEFAULT_DELTA, DEFAULT_ERROR_OFFSETS
+
+    known = ("delta", "enabled", "epsilons", "error_offsets", "risks")
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"--risk-control: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+    if not values.get("enabled", True):
+        return None
+    offsets = values.get("error_offsets", list(DEFAULT_ERROR_OFFSETS))
+    if not isinstance(offsets, list) or not all(isinstance(o, int | float) and 0 <= o < 1 for o in offsets):
+        raise UserError(f"--risk-control: error_offsets must be a list of numbers in [0, 1) (points of accuracy "
+                        f"below the best last exit, e.g. [0.005, 0.01, 0.02]), got {offsets!r}")
+    delta = values.get("delta", DEFAULT_DELTA)
+    if not isinstance(delta, int | float) or not 0 < delta < 1:
+        raise UserError(f"--risk-control: delta must lie strictly between 0 and 1, got {delta!r}")
+    return CommonTargetSettings(tuple(float(o) for o in offsets), float(delta), thresholds, dense)
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from sweet.reporting.tables import aggregate
 
@@ -79,7 +99,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         raise UserError("aggregate: no runs given; pass --grid-spec JSON, --runs RUN_DIR..., --runs-file FILE or "
                         "--runs-root DIR")
     written = aggregate(runs, args.out, grid, args.speedups, _claim_settings(args.claims or {}), args.logs,
-                        args.targets)
+                        args.targets, _common_target_settings(args.risk_control or {}, args.thresholds, args.dense))
     print(f"aggregate: {written['status.txt'].read_text().strip()}")
 
 
@@ -126,6 +146,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--claims", type=_json_arg,
                    help="how claims are checked (JSON): exit_rule, fast_speedup, slow_speedup, margin, level, "
                         "operating_points (envelope | held-out)")
+    p.add_argument("--risk-control", type=_json_arg,
+                   help="the config's risk_control block (JSON): error_offsets and delta set the common error "
+                        "target every method of a setting is held to (risk_control_common.csv); enabled: false "
+                        "leaves that table empty")
+    p.add_argument("--thresholds", type=int, default=11,
+                   help="the exit rules' threshold grid, as the runs' curves use it (config thresholds)")
+    p.add_argument("--dense", type=int, default=101, help="the dense threshold grid (config dense_thresholds)")
     p.set_defaults(func=cmd_aggregate)
 
     p = subparsers.add_parser("figures", help="speed-accuracy, individual-exit and gradient-conflict figures")

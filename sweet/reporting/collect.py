@@ -34,6 +34,11 @@ OPERATING_POINT_COLUMNS = [*RUN_KEYS, "strategy", "target_speedup", "threshold",
                            "calibration_score", "eval_speedup", "eval_score", "envelope_score"]
 RISK_CONTROL_COLUMNS = [*RUN_KEYS, "strategy", "risk", "epsilon", "delta", "threshold", "certified", "why",
                         "calibration_risk", "upper_bound", "eval_risk", "eval_speedup", "eval_score"]
+# Computed at aggregation from the runs' stored logits (common_target_rows below): the `error` risk against one
+# target accuracy per setting and seed, the best last exit among the setting's methods less an offset
+COMMON_TARGET_COLUMNS = [*RUN_KEYS, "strategy", "risk", "offset", "reference_accuracy", "reference_method",
+                         "target_accuracy", "last_exit_accuracy", "epsilon", "delta", "threshold", "certified", "why",
+                         "calibration_risk", "upper_bound", "eval_risk", "eval_speedup", "eval_score", "metric"]
 # What every run's CSVs carry besides RUN_KEYS (sweet.plan.layout.Run.meta), so results/ CSVs filter by settings.
 SETTINGS_KEYS = ["run_id", "settings", "calibration"]
 RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail", "backbone_revision",
@@ -41,7 +46,7 @@ RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail
 STRING_COLUMNS = {"task": str, "model": str, "method": str, "metric": str, "strategy": str, "other": str,
                   "status": str, "stopped_at": str, "log": str, "detail": str, "git_commit": str, "run": str,
                   "run_id": str, "settings": str, "calibration": str, "backbone_revision": str,
-                  "risk": str, "why": str, "stage": str}
+                  "risk": str, "why": str, "stage": str, "reference_method": str}
 # The registry's order and labels (sweet.methods): EE, SWEET, MM first, as in the paper; a method the registry
 # does not know (an old or hand-made run) sorts after every registered one and is shown by its name.
 METHOD_ORDER = list(method_registry.names())
@@ -106,6 +111,7 @@ class Collected:
     runs: pd.DataFrame
     operating_points: pd.DataFrame = field(default_factory=lambda: empty_frame(OPERATING_POINT_COLUMNS))
     risk_control: pd.DataFrame = field(default_factory=lambda: empty_frame(RISK_CONTROL_COLUMNS))
+    common_target: pd.DataFrame = field(default_factory=lambda: empty_frame(COMMON_TARGET_COLUMNS))
     training_loss: pd.DataFrame = field(default_factory=lambda: empty_frame(TRAINING_LOSS_COLUMNS))
     training_stages: pd.DataFrame = field(default_factory=lambda: empty_frame(TRAINING_STAGE_COLUMNS))
 
@@ -309,3 +315,57 @@ def _training_record(run: Path) -> dict:
             except (OSError, json.JSONDecodeError):
                 return {}
     return {}
+
+
+@dataclass(frozen=True)
+class CommonTargetSettings:
+    """The config's risk_control block as the aggregation uses it, and the threshold grid the runs' curves use."""
+
+    offsets: tuple[float, ...]
+    delta: float
+    thresholds: int = 11
+    dense: int = 101
+
+
+def common_target_rows(collected: Collected, settings: CommonTargetSettings) -> pd.DataFrame:
+    """The `error` risk of every finished run held to one target per setting × seed (sweet.risk.common_target_rows):
+    the reference is the best last exit on the calibration split among the methods of that setting and seed. Read
+    from each run's calibration_logits.npz and logits.npz; runs without them (evaluated before calibration logits
+    were kept) or calibrated on the evaluation set (no guarantee holds) take no part, not even in the reference.
+    Tables of a partly finished grid take the reference among the runs finished so far: it can rise as more
+    finish, and every common-target row of that setting and seed changes with it."""
+    from sweet.curves import load_logits
+    from sweet.data import compute_metrics
+    from sweet.risk import common_reference, last_exit_accuracy
+    from sweet.risk import common_target_rows as rows_of_run
+
+    if not settings.offsets:
+        return empty_frame(COMMON_TARGET_COLUMNS)
+    finished = collected.runs[collected.runs["status"] == "finished"]
+    metric_of = {tuple(map(str, k)): m for k, m in collected.curves.groupby(RUN_KEYS, sort=False)["metric"]
+                 .first().items()} if not collected.curves.empty else {}
+    loaded: dict[tuple, tuple[dict, dict]] = {}
+    for _, run in finished.iterrows():
+        folder = Path(run["run"])
+        files = run_file(folder, "calibration_logits.npz"), run_file(folder, "logits.npz")
+        if not all(f.is_file() for f in files):
+            continue
+        calibration, evaluation = (load_logits(f) for f in files)
+        if str(calibration.get("calibrate_on", "pool")) == "eval":
+            continue
+        loaded[tuple(run[k] for k in RUN_KEYS)] = calibration, evaluation
+    frames = []
+    setting_seed = [*GROUP_KEYS, "seed"]
+    groups: dict[tuple, list[tuple]] = {}
+    for key in loaded:
+        groups.setdefault(tuple(key[RUN_KEYS.index(k)] for k in setting_seed), []).append(key)
+    for keys in groups.values():
+        keys = sorted(keys, key=lambda k: (method_rank(k[RUN_KEYS.index("method")]), k[RUN_KEYS.index("method")]))
+        accuracies = {k[RUN_KEYS.index("method")]: last_exit_accuracy(loaded[k][0]) for k in keys}
+        reference_method, reference = common_reference(accuracies)
+        for key in keys:
+            metric = str(metric_of.get(tuple(map(str, key)), "accuracy"))
+            rows = rows_of_run(*loaded[key], reference_method, reference, [metric], metric, compute_metrics,
+                               settings.offsets, settings.delta, settings.thresholds, settings.dense)
+            frames.append(rows.assign(**dict(zip(RUN_KEYS, key)))[COMMON_TARGET_COLUMNS])
+    return sort_frame(_concat(frames, COMMON_TARGET_COLUMNS), [*RUN_KEYS, "strategy", "offset"])

@@ -12,6 +12,9 @@ the report.
   std over seeds.
 * ``risk_control/<task>__<model>__b<budget>.{png,pdf}``: the evaluation speedup of the risk-controlled
   threshold against the tolerance ε, one panel per risk, one line per method.
+* ``risk_control/<task>__<model>__b<budget>__tradeoff.{png,pdf}``: the certified policies' evaluation score
+  against their evaluation speedup, one line per method through every risk and ε (the common error target's
+  among them), beside each method's envelope curve: the trade-off to compare methods on.
 * ``training_loss/<task>__<model>__b<budget>.{png,pdf}``: each exit's training loss over optimizer steps, one
   panel per exit, one line per method = mean over seeds, band = ± one std (MM: exit k is member k); a multi-stage
   method (DeeBERT) on its step axis continued across stages, a dotted line where each later stage begins.
@@ -508,7 +511,8 @@ def training_loss_figure(block: pd.DataFrame, stages: pd.DataFrame | None = None
 # --------------------------------------------------------------------------------------------------------------
 # risk control
 
-RISK_NAMES = {"disagreement": "disagreement with the last exit", "accuracy-drop": "accuracy drop vs. the last exit"}
+RISK_NAMES = {"disagreement": "disagreement with the last exit", "accuracy-drop": "accuracy drop vs. the last exit",
+              "error": "error rate"}
 
 
 def risk_control_figure(block: pd.DataFrame, strategy: str = "confidence") -> Figure | None:
@@ -565,7 +569,90 @@ def risk_control_caption(block: pd.DataFrame, strategy: str = "confidence") -> s
             f"least {1 - delta:g} over the calibration draw; y: the speedup that threshold gives on the evaluation "
             f"split, mean over seeds, {_spread(block, 'error bar')}. Hollow markers: at least one seed certified "
             "no threshold and answers every example at the last exit (1×; MM: its full cost, below 1×). Dotted: "
-            "the full model.")
+            "the full model. Both risks are relative to each method's own full model (its last exit), so a method "
+            "whose last exit is weaker meets the same ε against a lower bar: this figure is not a ranking of "
+            "methods; the certified trade-off figure (…__tradeoff) compares them at equal accuracy.")
+
+
+def _certified_points(frame: pd.DataFrame | None, strategy: str, keys: list[str]) -> pd.DataFrame:
+    """Per method × ``keys``: the mean evaluation speedup and score over the seeds that certified a threshold."""
+    columns = ["method", *keys, "eval_speedup", "eval_score", "n"]
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    certified = frame[(frame["strategy"] == strategy) & (frame["certified"].astype(str).str.lower() == "true")]
+    if certified.empty:
+        return pd.DataFrame(columns=columns)
+    return (certified.groupby(["method", *keys], sort=True)
+            .agg(eval_speedup=("eval_speedup", "mean"), eval_score=("eval_score", "mean"), n=("seed", "nunique"))
+            .reset_index())
+
+
+def risk_tradeoff_figure(
+    curves: pd.DataFrame, own: pd.DataFrame | None, common: pd.DataFrame | None, strategy: str = "confidence"
+) -> Figure | None:
+    """One task × model × budget: each certified policy's evaluation score against its evaluation speedup (mean
+    over the seeds that certified it), one line per method through all its risks and ε, sorted by speedup;
+    filled markers = the common error target (the same target accuracy for every method), hollow = a risk
+    relative to the method's own last exit. Thin dashed lines: the methods' envelope curves (mean over seeds)."""
+    own_points = _certified_points(own, strategy, ["risk", "epsilon"]).assign(common=False)
+    common_points = _certified_points(common, strategy, ["risk", "offset"]).assign(common=True)
+    points = pd.concat([p for p in (own_points, common_points) if not p.empty], ignore_index=True) \
+        if not (own_points.empty and common_points.empty) else own_points
+    if points.empty:
+        return None
+    task, model, budget = (curves[k].iloc[0] for k in GROUP_KEYS)
+    scale, ylabel = _metric_axis(curves)
+    fig = _new_figure(5.6, 4.1)
+    ax = fig.add_subplot()
+    envelope = curves[curves["strategy"] == strategy]
+    xs = list(points["eval_speedup"].astype(float))
+    for method in methods_in_order(set(points["method"]) | set(envelope["method"])):
+        c = colour(method)
+        band = seed_band(envelope[envelope["method"] == method])
+        if not band.empty:
+            ax.plot(band["speedup"], band["mean"] * scale, color=c, lw=1.0, ls="--", alpha=0.6, zorder=2)
+            xs += [float(band["speedup"].min()), float(band["speedup"].max())]
+        mine = points[points["method"] == method].sort_values("eval_speedup", kind="mergesort")
+        if mine.empty:
+            continue
+        ax.plot(mine["eval_speedup"], mine["eval_score"] * scale, color=c, lw=1.6, label=display_name(method),
+                zorder=3)
+        for is_common in (True, False):
+            pts = mine[mine["common"] == is_common]
+            ax.plot(pts["eval_speedup"], pts["eval_score"] * scale, ls="none", marker=marker(method), ms=5.5,
+                    mec=c, mfc=c if is_common else "white", zorder=4)
+    xs = [x for x in xs if np.isfinite(x) and x > 0]
+    if xs:
+        _speedup_axis(ax, min(xs), max(xs))
+    ax.grid(True, which="major", lw=0.5, alpha=0.5)
+    ax.set_xlabel("Speedup on the evaluation split (×, full-model layers / layers used)")
+    ax.set_ylabel(f"{ylabel}, evaluation split")
+    ax.legend(loc="best", frameon=True, framealpha=0.9)
+    ax.set_title(f"{_title(task, model, budget)}\ncertified policies, {STRATEGY_NAMES.get(strategy, strategy)} exit "
+                 "rule (filled: common error target; dashed: envelope)", fontsize=10)
+    return fig
+
+
+def risk_tradeoff_caption(
+    curves: pd.DataFrame, own: pd.DataFrame | None, common: pd.DataFrame | None, strategy: str = "confidence"
+) -> str:
+    task, model, budget = (curves[k].iloc[0] for k in GROUP_KEYS)
+    frames = [f[f["strategy"] == strategy] for f in (own, common) if f is not None and not f.empty]
+    seeds = _seed_counts(pd.concat(frames, ignore_index=True)) if frames else "no seeds"
+    text = (f"The certified accuracy–speed trade-off, {_title(task, model, budget)}, "
+            f"{STRATEGY_NAMES.get(strategy, strategy)} exit rule ({seeds}). Each point is a risk-controlled "
+            "threshold: x its speedup and y its score on the evaluation split, the mean over the seeds that "
+            "certified it (seeds that certified nothing run the full model and are left out). One line per method "
+            "through all its risks and tolerances, in order of speed; read it as that method's certified "
+            "trade-off and compare methods at equal accuracy.")
+    if common is not None and not common.empty:
+        offsets = ", ".join(f"{o * 100:g}" for o in sorted(common["offset"].unique()))
+        text += (f" Filled markers: the error rate held to one target for every method, {offsets} points below "
+                 "the best last exit among the setting's methods on the calibration split (per seed).")
+    text += (" Hollow markers: disagreement with, or accuracy drop against, the method's own last exit, each "
+             "relative to that method's own full model. Dashed: each method's envelope (the evaluation curve's "
+             "Pareto front, mean over seeds), which no deployed threshold reaches with certainty.")
+    return text
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -751,6 +838,13 @@ def make_figures(
                 if (block["strategy"] == strategy).any():
                     save(risk_control_figure(block, strategy), "risk_control", _stem(*key),
                          risk_control_caption(block, strategy))
+        common = _read(tables / "risk_control_common.csv")
+        if curves is not None and (risk is not None or common is not None):
+            for key, block in _blocks(curves):
+                own_block, common_block = (None if f is None else f[(f[GROUP_KEYS] == pd.Series(
+                    dict(zip(GROUP_KEYS, key)))).all(axis=1)] for f in (risk, common))
+                save(risk_tradeoff_figure(block, own_block, common_block, strategy), "risk_control",
+                     _stem(*key) + "__tradeoff", risk_tradeoff_caption(block, own_block, common_block, strategy))
         write_json(tmp / "index.json", {"strategy": strategy, "figures": entries})
         if (tables / "status.txt").is_file():
             write_text(tmp / "status.txt", (tables / "status.txt").read_text())

@@ -18,7 +18,15 @@ from sweet.io import atomic_dir, write_csv, write_json, write_text
 from sweet.plan.settings import slug
 from sweet.plan.status import RunStatus
 from sweet.reporting.claims import ClaimSettings, check_claims, claims_both_ways, claims_markdown
-from sweet.reporting.collect import GROUP_KEYS, Collected, collect, display_name, methods_in_order
+from sweet.reporting.collect import (
+    GROUP_KEYS,
+    Collected,
+    CommonTargetSettings,
+    collect,
+    common_target_rows,
+    display_name,
+    methods_in_order,
+)
 from sweet.reporting.statistics import (
     DEFAULT_SPEEDUPS,
     METHOD_TARGETS,
@@ -41,7 +49,7 @@ class TableInputs:
     """What every table is built from."""
 
     collected: Collected
-    grid: dict = field(default_factory=dict)  # sweet.config.grid_spec (at least {"name": ...}); {} for ad hoc runs
+    grid: dict = field(default_factory=dict)  # sweet.plan.layout.grid_spec (at least {"name": ...}); {} for ad hoc runs
     speedups: Sequence[float] = DEFAULT_SPEEDUPS
     claims: ClaimSettings = field(default_factory=ClaimSettings)
     # methods.csv's fixed speedups: the config's operating_points.targets (the workflow passes them)
@@ -221,7 +229,9 @@ TABLES: dict[str, Builder] = {
     "operating_points.csv": lambda i: i.collected.operating_points,
     "envelope_gap.csv": lambda i: envelope_gap(i.collected.operating_points, i.claims.level),
     "risk_control.csv": lambda i: i.collected.risk_control,
-    "risk_control_summary.csv": lambda i: risk_control_summary(i.collected.risk_control),
+    # the error risk against one target per setting and seed (computed at aggregation from the runs' logits)
+    "risk_control_common.csv": lambda i: i.collected.common_target,
+    "risk_control_summary.csv": lambda i: risk_control_summary(i.collected.risk_control, i.collected.common_target),
     "runs.csv": lambda i: i.collected.runs,
     "missing_runs.txt": lambda i: missing_runs_text(i.collected.runs),
     "status.txt": lambda i: "".join(line + "\n" for line in (status_line(i.collected.runs, i.grid.get("name")),
@@ -254,12 +264,16 @@ def aggregate(
     claims: ClaimSettings | None = None,
     logs_root: str | Path | None = None,
     targets: Sequence[float] = METHOD_TARGETS,
+    common_target: CommonTargetSettings | None = None,
 ) -> dict[str, Path]:
     """Collect the runs and write every table into ``out_dir``; returns file name → path.
 
-    ``grid`` is the grid's definition (sweet.config.grid_spec) when the runs are a grid's: the tables then name
-    it, and runs that left nothing behind get their model's configuration name."""
+    ``grid`` is the grid's definition (sweet.plan.layout.grid_spec) when the runs are a grid's: the tables then name
+    it, and runs that left nothing behind get their model's configuration name. ``common_target``: hold every
+    method of a setting to one error target (risk_control_common.csv; None: that table is empty)."""
     model_names = {slug(m): m for m in (grid or {}).get("models", [])}
     expected = {run["calibrated_dir"]: run["run_id"] for run in (grid or {}).get("runs", [])}
     collected = collect(run_dirs, logs_root, model_names, expected)
+    if common_target is not None:
+        collected.common_target = common_target_rows(collected, common_target)
     return write_tables(out_dir, TableInputs(collected, grid or {}, speedups, claims or ClaimSettings(), targets))

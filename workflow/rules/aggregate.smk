@@ -15,6 +15,11 @@ rule aggregate:
         claims=json.dumps(config.get("claims") or {}, sort_keys=True),
         # methods.csv scores every method at the speedups the held-out operating points target
         targets=",".join(str(t) for t in (config.get("operating_points") or {}).get("targets", [1.5, 2, 3])),
+        # the common error target (risk_control.error_offsets) is computed here, where a setting's runs meet,
+        # on the threshold grid the runs' curves and risk control use
+        risk=json.dumps(config.get("risk_control") or {}, sort_keys=True),
+        thresholds=config.get("thresholds", 11),
+        dense=config.get("dense_thresholds", 101),
         # not passed to the command: when it changes (a run finished or failed), draw mode redraws the tables
         finished=finished_runs,
     log:
@@ -30,7 +35,8 @@ rule aggregate:
     threads: 1
     shell:
         "python -m sweet aggregate --grid-spec {params.spec:q} --claims {params.claims:q}"
-        " --targets {params.targets} --out {output} > {log} 2>&1"
+        " --targets {params.targets} --risk-control {params.risk:q} --thresholds {params.thresholds}"
+        " --dense {params.dense} --out {output} > {log} 2>&1"
 
 
 rule tables:

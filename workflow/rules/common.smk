@@ -108,10 +108,13 @@ def run_files(name, methods=method_registry.names(), calibrated=True):
     return [f"{r.calibrated_dir if calibrated else r.dir}/{name}" for r in run_dirs() if r.method in methods]
 
 
+from sweet.tasks import TASK_SOURCES  # the task sources' registry: standard library only
+
+
 def task_inputs(wildcards):
-    """A local task's files are inputs, so editing them re-prepares the task."""
+    """A task's local files (its source's `files`: sweet.tasks) are inputs, so editing them re-prepares it."""
     spec = config["tasks"][wildcards.task]
-    return [spec["train"], spec["eval"]] if spec["source"] == "local" else []
+    return [spec[key] for key in TASK_SOURCES[spec["source"]].files if key in spec]
 
 
 def task_dir(wildcards):

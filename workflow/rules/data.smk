@@ -65,4 +65,4 @@ rule fetch:
     internet before submitting from one that has not."""
     input:
         [fetched_record(m) for m in hub_models()],
-        [data_dir(t) for t in GRID["tasks"] if config["tasks"][t]["source"] == "glue"],
+        [data_dir(t) for t in GRID["tasks"] if TASK_SOURCES[config["tasks"][t]["source"]].downloads],

@@ -1,7 +1,7 @@
 # Which classifiers a grid exports (`grids.<grid>.exports`) and what each export reads; the rules are in
 # rules/export.smk (why an export keeps its run's model until exported, and what is refused, is said there).
 
-from sweet.export import existing_request, export_request_json
+from sweet.plan.export_policy import existing_request, export_request_json
 
 
 def grid_exports(grid):

@@ -133,7 +133,8 @@ rule train_member:
     shell:
         "exec {params.offline} python -m sweet train --task-dir {input.task_dir} --splits {input.splits}"
         " --backbone {params.backbone:q} {params.revision} --hub-cache {params.hub_cache:q} --exit-layers {params.exits}"
-        " {params.pooling} --method mm --member {wildcards.k} --seed {wildcards.seed} --train-spec {params.spec:q}"
+        " {params.pooling} --method {wildcards.method} --member {wildcards.k} --seed {wildcards.seed}"
+        " --train-spec {params.spec:q}"
         " --out {output.model} --metrics {output.metrics} --run-record {input.record} --work-dir {params.work_dir:q}"
         " > {log} 2>&1"
 
@@ -152,7 +153,7 @@ rule combine:
         "../../envs/sweet.yaml"
     threads: 1
     shell:
-        "python -m sweet combine --members {input} --out {output} > {log} 2>&1"
+        "python -m sweet combine --members {input} --method {wildcards.method} --out {output} > {log} 2>&1"
 
 
 rule calibrate:
