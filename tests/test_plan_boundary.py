@@ -13,9 +13,8 @@ PACKAGE = ROOT / "sweet"
 HEAVY = ("torch", "transformers")
 # What planning may import from sweet/ besides sweet.plan: the shared registries and errors, none of which imports
 # torch or transformers at import time (backbones, exits: only inside functions the plan never calls), and
-# sweet.export, whose request checks (check_exports) validate grids.<grid>.exports while planning: its builder
-# imports the job side inside functions only (issue 26 part 4 moves the checks apart from the builder).
-SHARED = ("sweet", "sweet.errors", "sweet.methods", "sweet.backbones", "sweet.exits", "sweet.export")
+# sweet.tasks (the task sources: standard library only). Export requests are checked by sweet.plan.export_policy.
+SHARED = ("sweet", "sweet.errors", "sweet.methods", "sweet.backbones", "sweet.exits", "sweet.tasks")
 
 
 def module_name(path: Path) -> str:
