@@ -172,15 +172,20 @@ def pad_to_bucket(batch: dict[str, torch.Tensor], rows: int, length: int, pad_to
 # compiling
 
 
+# The backend of ``compile=True`` off CUDA. None runs the segments as plain Python: the tests of the classifier and
+# CLI set it so, since inductor takes minutes per model on a shared CPU (tests/test_compiled.py compiles for real).
+CPU_BACKEND: str | None = "inductor"
+
+
 def compile_settings(compile: bool | str, device: torch.device) -> dict[str, Any] | None:
     """``torch.compile`` keyword arguments for ``compile`` (False: none, run the segments as plain Python; True or
     "auto": inductor, with CUDA graphs on CUDA; any other string: that dynamo backend, e.g. "eager" in tests)."""
     if compile is False or compile == "off":
         return None
-    if compile in (True, "auto", "on", "inductor"):
+    if compile in (True, "auto", "on"):
         if device.type == "cuda":
             return {"mode": "reduce-overhead", "dynamic": False}
-        return {"backend": "inductor", "dynamic": False}
+        return None if CPU_BACKEND is None else {"backend": CPU_BACKEND, "dynamic": False}
     return {"backend": str(compile), "dynamic": False}
 
 
