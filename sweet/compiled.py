@@ -20,13 +20,14 @@ Rules on the device. ``TORCH_RULES`` mirrors ``sweet.exits.EXIT_RULES`` (same na
 carrying the one piece of state a rule has across exits (patience's streak and previous prediction) as tensors;
 ``tests/test_compiled.py`` checks each against the numpy rule and the whole runner against the offline simulation.
 
-Buckets. Batch sizes are padded up to powers of two (capped at the batch size asked for) by repeating the last
-row, and sequence lengths up to a multiple of ``seq_multiple`` tokens with padding the attention mask hides, so a
+Buckets. Batch sizes are padded up to 1, 2, 4, 8 and then multiples of 8 (capped at the batch size asked for) by
+repeating the last row, and sequence lengths up to a multiple of ``seq_multiple`` tokens with padding the attention mask hides, so a
 handful of static shapes cover every input (CUDA graphs and inductor's kernels are per shape). Rows of a batch are
 independent and padding tokens are masked, so padding changes no result (tested). When rows leave, the survivors
 are compacted (``index_select``) into the smallest batch bucket that holds them; while they still need the same
 bucket they stay in place and the rows that left are only masked out (ignored): compacting then would buy nothing
-and cost a gather of every per-row layer input.
+and cost a gather of every per-row layer input. Uncompiled segments use no buckets by default: on a CPU a padded
+row or token costs as much as a real one (measured: padding made the plain segments 2× slower at batch 32).
 
 The CUDA-graph trap. On CUDA the segments compile with ``mode="reduce-overhead"``: inductor plus CUDA graphs
 (cudagraph trees), chosen over a hand-made ``torch.cuda.CUDAGraph`` capture because it already handles the static
@@ -137,16 +138,23 @@ def _decide(
 
 @dataclass(frozen=True)
 class Buckets:
-    """The static shapes inputs are padded up to: batch sizes 1, 2, 4, ... ``max_batch``; lengths a multiple of
-    ``seq_multiple``."""
+    """The static shapes inputs are padded up to: batch sizes 1, 2, 4, 8, then multiples of 8 up to ``max_batch``;
+    lengths a multiple of ``seq_multiple``. ``static=False``: every size is its own bucket (no padding), for the
+    segments run as plain Python, where shapes need not repeat and padding would be computed for nothing."""
 
     max_batch: int
     seq_multiple: int = 16
+    static: bool = True
 
     def batch(self, n: int) -> int:
-        return min(self.max_batch, 1 << max(0, n - 1).bit_length())
+        if not self.static:
+            return n
+        bucket = 1 << max(0, n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
+        return min(self.max_batch, bucket)
 
     def seq(self, length: int) -> int:
+        if not self.static:
+            return length
         return -(-length // self.seq_multiple) * self.seq_multiple
 
     def all_batches(self) -> list[int]:
@@ -312,12 +320,14 @@ class SegmentedRunner:
     """
 
     def __init__(self, model: EarlyExitModel | MultiModel, batch_size: int, compile: bool | str = "auto",
-                 seq_multiple: int = 16) -> None:
+                 seq_multiple: int = 16, static_shapes: bool | None = None) -> None:
+        """``static_shapes``: pad to buckets (default: when compiling; the tests pad plain segments too)."""
         self.model = model.eval()
         self.device = model_device(model)
-        self.buckets = Buckets(max(1, batch_size), seq_multiple)
         self.settings = compile_settings(compile, self.device)
         self.compiled = self.settings is not None
+        static = self.compiled if static_shapes is None else static_shapes
+        self.buckets = Buckets(max(1, batch_size), seq_multiple, static)
         if self.compiled:
             _raise_recompile_limit(64)
         self.fallback_reason: str | None = None

@@ -29,7 +29,7 @@ def case(request, tmp_path_factory) -> dict:
 
 
 def _check(c: dict, rule_name: str, threshold: float, batch_size: int, compile: bool | str) -> np.ndarray:
-    runner = SegmentedRunner(c["model"], batch_size, compile)
+    runner = SegmentedRunner(c["model"], batch_size, compile, static_shapes=True)  # the buckets of the compiled path
     assert runner.fallback_reason is None
     result = runner.run(c["features"], EXIT_RULES[rule_name], threshold, TEMPERATURES, c["pad"])
     preds, exits = _offline(c, rule_name, threshold)
@@ -108,10 +108,11 @@ def test_bucket_padding_changes_nothing(tmp_path_factory):
     features = random_features(6, 20, seed=5)
     rule, temperatures = EXIT_RULES["confidence"], np.ones(3)
     threshold = 0.5
-    alone = [SegmentedRunner(model, 1, False, seq_multiple=1).run([f], rule, threshold, temperatures) for f in features]
+    alone = [SegmentedRunner(model, 1, False).run([f], rule, threshold, temperatures) for f in features]
     for seq_multiple in (1, 16, 64):
         for batch_size in (1, 4, 6):
-            out = SegmentedRunner(model, batch_size, False, seq_multiple).run(features, rule, threshold, temperatures)
+            runner = SegmentedRunner(model, batch_size, False, seq_multiple, static_shapes=True)
+            out = runner.run(features, rule, threshold, temperatures)
             assert out.exits.tolist() == [a.exits[0] for a in alone]
             assert out.predictions.tolist() == [a.predictions[0] for a in alone]
             np.testing.assert_allclose(out.probabilities, np.concatenate([a.probabilities for a in alone]), atol=1e-5)
@@ -121,8 +122,9 @@ def test_bucket_padding_changes_nothing(tmp_path_factory):
 
 def test_buckets_and_padding():
     buckets = Buckets(max_batch=32, seq_multiple=16)
-    assert [buckets.batch(n) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    assert [buckets.batch(n) for n in (1, 2, 3, 5, 9, 17, 32)] == [1, 2, 4, 8, 16, 24, 32]
     assert Buckets(7).all_batches() == [1, 2, 4, 7]
+    assert Buckets(32, static=False).batch(5) == 5 and Buckets(32, static=False).seq(5) == 5
     assert [buckets.seq(n) for n in (1, 16, 17)] == [16, 16, 32]
     batch = {"input_ids": torch.tensor([[3, 5, 6], [3, 7, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
     padded = pad_to_bucket(batch, 4, 5, pad_token_id=0)
@@ -138,7 +140,7 @@ def test_rows_that_leave_are_compacted_into_a_smaller_bucket(tmp_path_factory):
         for head in model.heads:
             head.classifier.weight.mul_(5)
     features = random_features(16, 12, seed=4)
-    runner = SegmentedRunner(model, 16, False)
+    runner = SegmentedRunner(model, 16, False, static_shapes=True)
     rule, temperatures = EXIT_RULES["confidence"], np.ones(3)
     first = calibrated_probs(exit_logits(model, features, batch_size=16)[0][:1])[0].max(axis=-1)
     threshold = float(np.sort(first)[4] + 1e-9)  # 11 of 16 rows leave at exit 1: 5 go on, in a bucket of 8
