@@ -144,3 +144,18 @@ def test_a_task_source_added_is_accepted_everywhere(monkeypatch: pytest.MonkeyPa
           "--out", str(tmp_path / "t")])
     task = json.loads((tmp_path / "t" / "task.json").read_text())
     assert task["source"] == THROWAWAY and task["pool_size"] == 6 and task["eval_size"] == 2
+
+
+def test_the_risks_planning_names_are_the_risk_registry() -> None:
+    """Planning reads the risks' names without pandas (sweet.plan.export_policy.RISKS); they are sweet.risk's, and
+    every consumer (the schema's two risk enums, export's --risk, the operating-points step) offers each one."""
+    from sweet.plan.export_policy import RISKS
+    from sweet.risk import RISKS as REGISTRY
+
+    assert tuple(REGISTRY) == RISKS
+    schema = load_schema()
+    assert schema["$defs"]["export"]["properties"]["risk"]["enum"] == list(RISKS)
+    assert schema["properties"]["risk_control"]["properties"]["risks"]["items"]["enum"] == list(RISKS)
+    export = next(a for a in build_parser()._subparsers._group_actions[0].choices["export"]._actions
+                  if a.dest == "risk")
+    assert tuple(export.choices) == RISKS

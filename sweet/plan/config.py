@@ -77,9 +77,10 @@ def load_schema(path: str | Path | None = None) -> dict:
 def fill_registry_enums(schema: dict) -> None:
     """The schema's lists of registry names, taken from the registries when the schema is loaded rather than
     copied into it: the exit rules (``sweet.exits``), methods (``sweet.methods``), poolings (``sweet.backbones``),
-    task sources and GLUE tasks (``sweet.tasks``). A source's keys become the schema branch of tasks of that
-    source, unless the schema types them itself."""
+    task sources and GLUE tasks (``sweet.tasks``), risks (``sweet.risk``, by name). A source's keys become the
+    schema branch of tasks of that source, unless the schema types them itself."""
     from sweet.exits import EXIT_RULES  # numpy only; imported here so planning that never validates skips it
+    from sweet.plan.export_policy import RISKS  # the risk registry's names (sweet.risk.RISKS)
 
     defs, properties = schema.get("$defs", {}), schema.get("properties", {})
 
@@ -96,6 +97,7 @@ def fill_registry_enums(schema: dict) -> None:
         tuple(methods.names()): [at(export, "method"), at(grid, "methods", "items")],
         tuple(POOLINGS): [at(properties, "models", "additionalProperties", "properties", "pooling")],
         tuple(TASK_SOURCES): [at(properties, "tasks", "additionalProperties", "properties", "source")],
+        RISKS: [at(export, "risk"), at(properties, "risk_control", "properties", "risks", "items")],
     }
     tasks = at(properties, "tasks", "additionalProperties") or {}
     branches = tasks.get("allOf", [])

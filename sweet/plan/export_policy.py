@@ -25,7 +25,9 @@ from sweet.exits import EXIT_RULES  # numpy only; read at call time, so a rule r
 POLICY_NAME = "exit_policy.json"
 FORMAT = "sweet-exit-policy/1"
 POLICIES = ("held-out", "risk-control", "manual")
-RISKS = ("disagreement", "accuracy-drop")
+# The names of sweet.risk.RISKS, the risk registry (which needs pandas, so planning does not import it); the
+# schema's risk enums are filled from this tuple and tests/test_registries.py keeps it equal to the registry.
+RISKS = ("disagreement", "accuracy-drop", "error")
 RUN_KEYS = ("task", "model", "budget", "method", "seed")
 # The other branch's CSV contracts (issue 19, first half): the columns this module reads from each.
 OPERATING_COLUMNS = ("strategy", "target_speedup", "threshold")
