@@ -320,7 +320,7 @@ def risk_control_rows(
 # one target for every method of a setting
 
 COMMON_TARGET_RISK = "error"
-DEFAULT_ERROR_OFFSETS = (0.005, 0.01, 0.02)
+DEFAULT_ERROR_OFFSETS = (0.01, 0.02, 0.05)  # config.yaml's risk_control.error_offsets says why
 COMMON_TARGET_COLUMNS = ["offset", "reference_accuracy", "reference_method", "target_accuracy",
                          "last_exit_accuracy", *RISK_COLUMNS]
 

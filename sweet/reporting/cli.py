@@ -68,7 +68,7 @@ def _common_target_settings(values: dict, thresholds: int, dense: int) -> Common
     offsets = values.get("error_offsets", list(DEFAULT_ERROR_OFFSETS))
     if not isinstance(offsets, list) or not all(isinstance(o, int | float) and 0 <= o < 1 for o in offsets):
         raise UserError(f"--risk-control: error_offsets must be a list of numbers in [0, 1) (points of accuracy "
-                        f"below the best last exit, e.g. [0.005, 0.01, 0.02]), got {offsets!r}")
+                        f"below the best last exit, e.g. [0.01, 0.02, 0.05]), got {offsets!r}")
     delta = values.get("delta", DEFAULT_DELTA)
     if not isinstance(delta, int | float) or not 0 < delta < 1:
         raise UserError(f"--risk-control: delta must lie strictly between 0 and 1, got {delta!r}")
