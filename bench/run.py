@@ -28,6 +28,10 @@ GROUPS = {
                    "classifier_flops_efficiency_bs32"),
     "train": ("train_step_overhead", *(f"train_step_{m}" for m in methods.names("joint")), "train_mm_cost_vs_ee",
               "gradient_conflict_overhead"),
+    "gpu": ("cpu_segments_efficiency_bs1", "cpu_segments_efficiency_bs32", "cpu_compiled_efficiency_bs1",
+            "cpu_compiled_efficiency_bs32", "gpu_efficiency_bs1", "gpu_efficiency_bs32", "gpu_eager_efficiency_bs1",
+            "gpu_eager_efficiency_bs32", "gpu_agreement_bf16", "gpu_agreement_fp16"),
+    "train_ops": ("train_ops_ee_fp32", "train_ops_sweet_fp32", "train_ops_ee_bf16", "train_ops_sweet_bf16"),
     "dryrun": ("paper_dryrun_seconds",),
     "demo": ("demo_grid_seconds", "demo_grid_peak_rss"),
     "cluster": ("train_job_seconds", "train_estimate_ratio", "train_throughput"),
@@ -48,6 +52,14 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
         from classifier import bench_classifier
 
         return bench_classifier(n_bs1=40 if quick else 160, n_bs32=128 if quick else 384, reps=3 if quick else 5)
+    if group == "gpu":
+        from gpu import bench_gpu
+
+        return bench_gpu(n_bs1=40 if quick else 300, n_bs32=128 if quick else 640, reps=3 if quick else 5)
+    if group == "train_ops":
+        from train_ops import bench_train_ops
+
+        return bench_train_ops()
     if group == "train":
         from train_step import bench_train_step
 

@@ -4,6 +4,11 @@
 training's ``max_length``) and runs the real early-exit runner (``sweet.infer``) at the folder's exit policy: its
 rule, threshold and the temperatures the policy was measured with. Each text gets the label (the task's name for
 it, and its id), the temperature-scaled probabilities at the exit taken, and the exit.
+
+``compile``: "auto" (the default) runs the compiled segments of ``sweet.compiled`` on a GPU (CUDA graphs) and the
+hook runner elsewhere, where compiling costs more than it saves for a few calls; True / False force either. Each
+(batch, length) bucket is compiled the first time a call needs it (``warm_up_seconds`` adds up that time).
+``precision``: fp32, or bf16 / fp16 on a GPU (the weights are cast once).
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ class Prediction:
 class EarlyExitClassifier:
     """An exported model with its exit policy; ``predict`` stops computing at each text's exit."""
 
-    def __init__(self, folder: str | Path) -> None:
-        from sweet.batches import load_tokenizer
+    def __init__(self, folder: str | Path, compile: bool | str = "auto", precision: str = "fp32") -> None:
+        from sweet.batches import load_tokenizer, model_device
+        from sweet.compiled import resolve_precision
         from sweet.evaluate import load_model
         from sweet.exits import EXIT_RULES
 
@@ -58,11 +64,34 @@ class EarlyExitClassifier:
         self.label_names: list[str] = list(self.policy["task"]["label_names"])
         self.has_text_pair = bool(self.policy["task"]["has_text_pair"])
         self.model = load_model(self.folder)
+        device = model_device(self.model)
+        if compile not in (True, False, "auto"):
+            raise UserError(f"compile: {compile!r} must be auto, True or False")
+        self.compiled = device.type == "cuda" if compile == "auto" else bool(compile)
+        self.precision = precision
+        self.model.to(resolve_precision(precision, device))
+        self._runners: dict[int, Any] = {}  # batch size → sweet.compiled.SegmentedRunner
+        self._warmed: set[tuple[int, int]] = set()  # (batch size, length bucket) compiled
+        self.warm_up_seconds = 0.0  # compiling / capturing, summed over every bucket so far
         self.tokenizer = load_tokenizer(self.folder)
         self.exit_layers = [int(k) for k in self.model.exit_layers]
         if len(self.temperatures) != len(self.exit_layers):
             raise UserError(f"{policy_path}: {len(self.temperatures)} temperatures for {len(self.exit_layers)} exits; "
                             "re-export")
+
+    def _compiled_runner(self, features: list[dict], batch_size: int, pad: int) -> Any:
+        """The runner for ``batch_size``, with every bucket these features need compiled (once per bucket)."""
+        from sweet.compiled import SegmentedRunner
+
+        runner = self._runners.get(batch_size)
+        if runner is None:
+            runner = self._runners[batch_size] = SegmentedRunner(self.model, batch_size, compile=True)
+        lengths = {runner.buckets.seq(len(f["input_ids"])) for f in features}
+        new = sorted(length for length in lengths if (batch_size, length) not in self._warmed)
+        if new and runner.fallback_reason is None:
+            self.warm_up_seconds += runner.warm_up(new, self.rule, self.temperatures, pad)
+        self._warmed.update((batch_size, length) for length in new)
+        return runner
 
     @property
     def max_length(self) -> int:
@@ -99,8 +128,12 @@ class EarlyExitClassifier:
         features = self.features(texts)
         if not features:
             return []
-        result = early_exit(self.model, features, self.rule, self.threshold, self.temperatures, batch_size,
-                            self.tokenizer.pad_token_id or 0)
+        pad = self.tokenizer.pad_token_id or 0
+        if self.compiled:
+            result = self._compiled_runner(features, batch_size, pad).run(
+                features, self.rule, self.threshold, self.temperatures, pad)
+        else:
+            result = early_exit(self.model, features, self.rule, self.threshold, self.temperatures, batch_size, pad)
         return [
             Prediction(
                 label=self.label_names[p] if p < len(self.label_names) else str(p),
@@ -113,6 +146,7 @@ class EarlyExitClassifier:
         ]
 
 
-def load_classifier(folder: str | Path) -> EarlyExitClassifier:
-    """The classifier exported to ``folder`` by ``python -m sweet export`` (or the workflow's ``classifiers``)."""
-    return EarlyExitClassifier(folder)
+def load_classifier(folder: str | Path, compile: bool | str = "auto", precision: str = "fp32") -> EarlyExitClassifier:
+    """The classifier exported to ``folder`` by ``python -m sweet export`` (or the workflow's ``classifiers``);
+    ``compile`` and ``precision`` as ``EarlyExitClassifier`` describes."""
+    return EarlyExitClassifier(folder, compile, precision)

@@ -350,7 +350,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from sweet.classifier import load_classifier
     from sweet.data import _read_local
 
-    classifier = load_classifier(args.folder)
+    compile = {"auto": "auto", "on": True, "off": False}[args.compile]
+    classifier = load_classifier(args.folder, compile=compile, precision=args.precision)
     records = [record for _, record in _read_local(Path(args.input), "--input")]
     columns = list(dict.fromkeys(c for record in records for c in record))
     text_column = args.text_column or next((c for c in ("text", "sentence") if c in columns), None)
@@ -369,6 +370,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts.append(record[text_column] if args.text_pair_column is None
                      else (record[text_column], record[args.text_pair_column]))
     predictions = classifier.predict(texts, batch_size=args.batch_size)
+    if classifier.compiled:
+        print(f"compiled early exit: warm-up (compiling each batch/length bucket once) took "
+              f"{classifier.warm_up_seconds:.1f} s", file=sys.stderr)
     frame = pd.DataFrame(records, columns=columns)
     frame["label"] = [p.label for p in predictions]
     frame["label_id"] = [p.label_id for p in predictions]
@@ -566,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", help="column of the text (default: text, else sentence)")
     p.add_argument("--text-pair-column", help="column of the second text (sentence-pair tasks)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="compiled exit segments (sweet.compiled); auto: on for CUDA, off otherwise")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="inference precision; bf16 and fp16 need a GPU")
     p.add_argument("--out", help="predictions TSV to write (default: stdout)")
     p.set_defaults(func=cmd_predict)
 

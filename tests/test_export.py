@@ -19,6 +19,7 @@ import torch
 from tiny import random_features  # noqa: F401  (sets one torch thread and quiet transformers, as other tests)
 
 import sweet
+import sweet.compiled
 from sweet.cli import main
 from sweet.curves import load_logits
 from sweet.data import load_prepared, prepare_task
@@ -145,7 +146,8 @@ def _texts(base: Path) -> tuple[list[str], list[int]]:
 
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["ee", "sweet", "mm"])
-def test_predict_takes_the_simulated_exits_at_the_policy(base: Path, tmp_path: Path, method: str) -> None:
+def test_predict_takes_the_simulated_exits_at_the_policy(base: Path, tmp_path: Path, method: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     run = _build_run(base, method)
     threshold = _gap_threshold(run, 0.5)
     _operating_points(run, threshold)
@@ -168,19 +170,25 @@ def test_predict_takes_the_simulated_exits_at_the_policy(base: Path, tmp_path: P
     costs = logits["layer_costs"]
     assert policy["evaluation"]["speedup"] == pytest.approx(EXITS[-1] / costs[exits].mean())
 
-    classifier = sweet.load_classifier(out)
     texts, _ = _texts(base)
-    for batch_size in (1, 7, 32):
-        predicted = classifier.predict(texts, batch_size=batch_size)
-        assert [p.label_id for p in predicted] == preds.tolist()
-        assert [p.exit_layer for p in predicted] == [EXITS[e] for e in exits]
-        assert [p.exit for p in predicted] == (exits + 1).tolist()
-        assert np.allclose([p.probabilities for p in predicted], probs, atol=1e-5)
+    # the hook runner, and the compiled path's segments (as plain Python: see sweet.compiled.CPU_BACKEND)
+    monkeypatch.setattr(sweet.compiled, "CPU_BACKEND", None)
+    for compile in (False, True):
+        classifier = sweet.load_classifier(out, compile=compile)
+        assert classifier.compiled is compile
+        for batch_size in (1, 7, 32):
+            predicted = classifier.predict(texts, batch_size=batch_size)
+            assert [p.label_id for p in predicted] == preds.tolist()
+            assert [p.exit_layer for p in predicted] == [EXITS[e] for e in exits]
+            assert [p.exit for p in predicted] == (exits + 1).tolist()
+            assert np.allclose([p.probabilities for p in predicted], probs, atol=1e-5)
+    assert set(classifier._runners) == {1, 7, 32}
     names = load_prepared(base / "data" / "synthetic").label_names
     assert [p.label for p in predicted] == [names[i] for i in preds]
 
 
-def test_risk_control_and_manual_policies(base: Path, tmp_path: Path) -> None:
+def test_risk_control_and_manual_policies(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
     run = _build_run(base, "sweet")
     threshold = _gap_threshold(run, 0.3)
     _risk_control(run, threshold)
@@ -214,6 +222,25 @@ def test_risk_control_and_manual_policies(base: Path, tmp_path: Path) -> None:
     main(["predict", str(manual), "--input", str(tmp_path / "in.tsv"), "--out", str(tmp_path / "preds.tsv")])
     with open(tmp_path / "preds.tsv", encoding="utf-8", newline="") as fh:
         out_rows = list(csv.DictReader(fh, delimiter="\t"))
+    # --compile on (segments as plain Python here: sweet.compiled.CPU_BACKEND) writes the same file as off, and
+    # says once how long its warm-up took; --precision bf16 on a CPU is a one-line error
+    monkeypatch.setattr(sweet.compiled, "CPU_BACKEND", None)
+    capsys.readouterr()
+    for mode in ("on", "off"):
+        main(["predict", str(manual), "--input", str(tmp_path / "in.tsv"), "--out", str(tmp_path / f"{mode}.tsv"),
+              "--compile", mode, "--batch-size", "8"])
+        err = capsys.readouterr().err
+        assert err.count("warm-up") == (mode == "on")
+    on, off = (list(csv.DictReader((tmp_path / f"{mode}.tsv").read_text(encoding="utf-8").splitlines(),
+                                   delimiter="\t")) for mode in ("on", "off"))
+    probabilities = [k for k in on[0] if k.startswith("prob_")]
+    # labels and exits equal; probabilities to float tolerance (padding to a length bucket changes rounding)
+    assert [{k: v for k, v in r.items() if k not in probabilities} for r in on] == \
+        [{k: v for k, v in r.items() if k not in probabilities} for r in off]
+    np.testing.assert_allclose([[float(r[k]) for k in probabilities] for r in on],
+                               [[float(r[k]) for k in probabilities] for r in off], atol=1e-5)
+    line = _one_line_error(capsys, ["predict", str(manual), "--input", str(tmp_path / "in.tsv"), "--precision", "bf16"])
+    assert "precision: bf16 needs a CUDA device" in line
     preds, exits, _ = _offline(run, "confidence", threshold)
     assert [int(r["label_id"]) for r in out_rows] == preds.tolist()
     assert [int(r["exit_layer"]) for r in out_rows] == [EXITS[e] for e in exits]

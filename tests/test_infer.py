@@ -63,7 +63,12 @@ _BUILT: dict[tuple[str, str], dict] = {}
 
 @pytest.fixture
 def case(request, tmp_path_factory) -> dict:
-    method, model_type, pooling = key = request.param
+    return build_case(request.param, tmp_path_factory)
+
+
+def build_case(key: tuple, tmp_path_factory) -> dict:
+    """The model of one ``CASES`` entry, its features and its offline per-exit logits (built once per session)."""
+    method, model_type, pooling = key
     if key not in _BUILT:
         folder = backbone(model_type, tmp_path_factory)
         torch.manual_seed(SEEDS.get(key, 7))
