@@ -41,9 +41,8 @@ from torch import nn
 from sweet.cost import layer_costs, layer_fraction
 from sweet.errors import UserError
 from sweet.exits import EXIT_RULES, ExitRule
+from sweet.reporting.collect import LATENCY_RUN_COLUMNS as LATENCY_COLUMNS
 
-LATENCY_COLUMNS = ["strategy", "threshold", "source", "risk", "epsilon", "target_speedup", "batch_size", "device",
-                   "examples", "ms_per_example", "measured_speedup", "theoretical_speedup", "full_model", "compiled"]
 DEFAULT_EXAMPLES = 256
 DEFAULT_REPEATS = 5
 

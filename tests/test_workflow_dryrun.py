@@ -113,8 +113,6 @@ def test_latency_is_planned_when_asked_inside_the_evaluation_group(tmp_path: Pat
     result = dry_run(tmp_path, "--config", "grid=smoke", overlay=overlay)
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout)["latency"] == 3
-    assert "--batch-sizes 1 32 --examples 64" in dry_run(tmp_path, "--config", "grid=smoke", "-p",
-                                                          overlay=overlay).stdout
     result = dry_run(tmp_path, "--config", "grid=smoke", "--executor", "slurm", "--jobs", "10", overlay=overlay)
     if "slurm" in result.stderr and result.returncode != 0:
         pytest.skip("the slurm executor plugin is not installed")
