@@ -302,6 +302,15 @@ def cmd_infer(args: argparse.Namespace) -> None:
                       "speedup": 1 / fraction}))
 
 
+def cmd_latency(args: argparse.Namespace) -> None:
+    """Time the run's compiled policies against its compiled full model on this device (sweet/latency.py)."""
+    from sweet.latency import run_latency
+
+    table = run_latency(args.run, args.task_dir, args.batch_sizes, args.examples, args.repeats, args.out,
+                        {"auto": "auto", "on": True, "off": False}[args.compile], args.model)
+    print(table.to_string(index=False))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     """A run → a deployable classifier folder (model, temperatures, exit_policy.json, model card)."""
     import shlex
@@ -532,6 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--batch-size", type=int, default=1)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("latency", help="measured ms per example and speedup of the run's operating points "
+                       "against its full model, on this device")
+    p.add_argument("--run", required=True, help="the run's calibrated folder (temperatures.json, operating_points.csv, "
+                   "risk_control.csv)")
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--model", help="the trained model folder (default: model/ of the run's training folder)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--examples", type=int, default=256, help="the first N evaluation examples are timed")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per policy and batch size (median)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="auto: compiled on CUDA, plain segments on a CPU")
+    p.add_argument("--out", help="default: latency.csv in --run (sweet.plan.layout.LATENCY_FILE)")
+    p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("export", help="a run → a deployable classifier folder: model, temperatures, exit policy, card")
     p.add_argument("--run", required=True,

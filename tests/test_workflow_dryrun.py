@@ -59,6 +59,7 @@ def test_default_grid_plans(tmp_path: Path) -> None:
     assert jobs["train"] == 8 and jobs["train_member"] == 16 and jobs["combine"] == 4
     assert jobs["evaluate"] == 12 and jobs["curves"] == 12 and jobs["calibrate"] == 12
     assert jobs["operating_points"] == 12  # one per run, from calibration_logits.npz and logits.npz
+    assert "latency" not in jobs  # opt-in (latency:)
     assert jobs["prepare"] == 1 and jobs["init_backbone"] == 1
     assert jobs["aggregate"] == 1 and jobs["plot_figures"] == 1 and jobs["write_report"] == 1
     assert "grid 'demo': 12 runs" in result.stderr
@@ -103,6 +104,25 @@ def test_cluster_groups_calibration_with_evaluation_but_never_with_training(tmp_
         # The group's members are indented; the next job outside the group starts at column 0.
         members = re.split(r"\n(?=\S)", block.split("\n", 1)[1], maxsplit=1)[0]
         assert sorted(re.findall(r"^\s+rule (\w+):", members, re.M)) == ["calibrate", "evaluate"], members
+
+
+def test_latency_is_planned_when_asked_inside_the_evaluation_group(tmp_path: Path) -> None:
+    """latency: (here per grid) plans one latency job per run; on a cluster it joins the run's evaluation group
+    (with operating_points, which it reads), so it adds no submission."""
+    overlay = "grids:\n  smoke:\n    latency: {batch_sizes: [1, 32], examples: 64}\n"
+    result = dry_run(tmp_path, "--config", "grid=smoke", overlay=overlay)
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout)["latency"] == 3
+    result = dry_run(tmp_path, "--config", "grid=smoke", "--executor", "slurm", "--jobs", "10", overlay=overlay)
+    if "slurm" in result.stderr and result.returncode != 0:
+        pytest.skip("the slurm executor plugin is not installed")
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.split("Group job evaluate")[1:]
+    assert len(blocks) == 3
+    for block in blocks:
+        members = re.split(r"\n(?=\S)", block.split("\n", 1)[1], maxsplit=1)[0]
+        assert sorted(re.findall(r"^\s+rule (\w+):", members, re.M)) == [
+            "calibrate", "evaluate", "latency", "operating_points"], members
 
 
 def test_keep_checkpoints_keeps_weights(tmp_path: Path) -> None:

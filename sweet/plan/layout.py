@@ -56,6 +56,7 @@ CALIBRATED_PREFIX = "cal-"  # a calibrated folder's name: cal-pool<N> or cal-eva
 # A training folder's path below results/runs/, read back (both layouts: <method>-<run id> and <method> alone).
 _RUN_PATH = re.compile(r"^(?P<task>[^/]+)/(?P<model>[^/]+)/b(?P<budget>\d+)/(?P<method>[a-z0-9_]+)"
                        r"(-(?P<run_id>[0-9a-f]{8}))?/s(?P<seed>\d+)$")
+LATENCY_FILE = "latency.csv"  # a calibrated folder's measured latency (sweet latency; config latency:)
 RUN_JSON = "run.json"  # the run's identity, written before it trains; the reporting checks it
 IDENTITY_VERSION = 1  # bump when the meaning of an identity field changes, so no old folder is read as new
 # Training options that change no number of a run (a checkpoint interval, where the training curves are also

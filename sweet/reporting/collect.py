@@ -16,7 +16,7 @@ import pandas as pd
 
 from sweet import methods as method_registry
 from sweet.errors import UserError
-from sweet.plan.layout import is_calibrated, run_fields, run_file, training_dir
+from sweet.plan.layout import LATENCY_FILE, is_calibrated, run_fields, run_file, training_dir
 from sweet.plan.status import RunStatus, run_status
 
 RUN_KEYS = ["task", "model", "budget", "method", "seed"]
@@ -39,6 +39,12 @@ RISK_CONTROL_COLUMNS = [*RUN_KEYS, "strategy", "risk", "epsilon", "delta", "thre
 COMMON_TARGET_COLUMNS = [*RUN_KEYS, "strategy", "risk", "offset", "reference_accuracy", "reference_method",
                          "target_accuracy", "last_exit_accuracy", "epsilon", "delta", "threshold", "certified", "why",
                          "calibration_risk", "upper_bound", "eval_risk", "eval_speedup", "eval_score", "metric"]
+# Per run when the grid asks for it (config latency:; python -m sweet latency, sweet/latency.py): written without
+# RUN_KEYS (the run's folder says them); tables/latency.csv has them first.
+LATENCY_RUN_COLUMNS = ["strategy", "threshold", "source", "risk", "epsilon", "target_speedup", "batch_size", "device",
+                       "examples", "ms_per_example", "measured_speedup", "theoretical_speedup", "full_model",
+                       "compiled"]
+LATENCY_COLUMNS = [*RUN_KEYS, *LATENCY_RUN_COLUMNS]
 # What every run's CSVs carry besides RUN_KEYS (sweet.plan.layout.Run.meta), so results/ CSVs filter by settings.
 SETTINGS_KEYS = ["run_id", "settings", "calibration"]
 RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail", "backbone_revision",
@@ -46,7 +52,8 @@ RUN_COLUMNS = [*RUN_KEYS, *SETTINGS_KEYS, "status", "stopped_at", "log", "detail
 STRING_COLUMNS = {"task": str, "model": str, "method": str, "metric": str, "strategy": str, "other": str,
                   "status": str, "stopped_at": str, "log": str, "detail": str, "git_commit": str, "run": str,
                   "run_id": str, "settings": str, "calibration": str, "backbone_revision": str,
-                  "risk": str, "why": str, "stage": str, "reference_method": str}
+                  "risk": str, "why": str, "stage": str, "reference_method": str, "source": str, "device": str,
+                  "full_model": str}
 # The registry's order and labels (sweet.methods): EE, SWEET, MM first, as in the paper; a method the registry
 # does not know (an old or hand-made run) sorts after every registered one and is shown by its name.
 METHOD_ORDER = list(method_registry.names())
@@ -114,6 +121,7 @@ class Collected:
     common_target: pd.DataFrame = field(default_factory=lambda: empty_frame(COMMON_TARGET_COLUMNS))
     training_loss: pd.DataFrame = field(default_factory=lambda: empty_frame(TRAINING_LOSS_COLUMNS))
     training_stages: pd.DataFrame = field(default_factory=lambda: empty_frame(TRAINING_STAGE_COLUMNS))
+    latency: pd.DataFrame = field(default_factory=lambda: empty_frame(LATENCY_COLUMNS))
 
     @property
     def missing(self) -> pd.DataFrame:
@@ -150,6 +158,7 @@ def collect(
     risks: list[pd.DataFrame] = []
     losses: list[pd.DataFrame] = []
     stages: list[pd.DataFrame] = []
+    latencies: list[pd.DataFrame] = []
     for run in dirs:
         status = run_status(run, logs_root, expected.get(run.as_posix()))
         identity = _identity_from_path(run, model_names or {})
@@ -168,6 +177,9 @@ def collect(
                 identity.update({k: run_exits[k].iloc[0] for k in [*RUN_KEYS, *SETTINGS_KEYS]
                                  if k in run_exits.columns})
             losses.append(training_loss_rows(run, {k: identity[k] for k in [*RUN_KEYS, "run_id"]}))
+            if (run / LATENCY_FILE).is_file():
+                latency = _read_run_csv(run / LATENCY_FILE, LATENCY_RUN_COLUMNS)
+                latencies.append(latency.assign(**{k: identity[k] for k in RUN_KEYS})[LATENCY_COLUMNS])
             stages.append(training_stage_rows(run, {k: identity[k] for k in [*RUN_KEYS, "run_id"]}))
         statuses.append(_status_row(run, status, identity))
     curves_df = _concat(curves, CURVE_COLUMNS)
@@ -187,6 +199,8 @@ def collect(
         risk_control=sort_frame(_concat(risks, RISK_CONTROL_COLUMNS), [*RUN_KEYS, "strategy", "risk", "epsilon"]),
         training_loss=sort_frame(_concat(losses, TRAINING_LOSS_COLUMNS), [*RUN_KEYS, "exit", "step"]),
         training_stages=sort_frame(_concat(stages, TRAINING_STAGE_COLUMNS), [*RUN_KEYS, "stage_index"]),
+        latency=sort_frame(_concat(latencies, LATENCY_COLUMNS),
+                           [*RUN_KEYS, "batch_size", "source", "strategy", "risk", "epsilon", "target_speedup"]),
     )
 
 

@@ -771,10 +771,46 @@ def gradient_conflict_caption(block: pd.DataFrame) -> str:
             f"{_spread(block, 'band')}.")
 
 
+def latency_figure(latency: pd.DataFrame) -> Figure | None:
+    """Measured against theoretical (layer-count) speedup of every timed operating point, one panel per device ×
+    batch size, one colour per method, the y = x line: below it, the device pays what the layer count does not
+    (exit heads, host reads, shapes)."""
+    points = latency[latency["source"] != "full"]
+    if points.empty:
+        return None
+    panels = list(points.groupby(["device", "batch_size"], sort=True))
+    fig = _new_figure(3.6 * len(panels) + 0.6, 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, ((device, batch_size), part) in zip(axes, panels):
+        hi = max(1.0, float(part[["measured_speedup", "theoretical_speedup"]].max().max())) * 1.08
+        ax.plot([0, hi], [0, hi], color=ORACLE_COLOUR, lw=0.8, ls=":", label="y = x")
+        for method in _methods(part):
+            rows = part[part["method"] == method]
+            ax.plot(rows["theoretical_speedup"], rows["measured_speedup"], ls="none", marker=marker(method), ms=5,
+                    color=colour(method), alpha=0.8, label=display_name(method))
+        ax.set_xlim(0, hi)
+        ax.set_ylim(0, hi)
+        ax.set_xlabel("Theoretical speedup (layers, ×)")
+        ax.set_title(f"{device}\nbatch {batch_size}", fontsize=9)
+        ax.grid(True, lw=0.5, alpha=0.5)
+    axes[0].set_ylabel("Measured speedup (×)")
+    axes[0].legend(loc="upper left", frameon=True, framealpha=0.9)
+    return fig
+
+
+def latency_caption(latency: pd.DataFrame) -> str:
+    points = latency[latency["source"] != "full"]
+    runs = len(points.drop_duplicates(RUN_KEYS))
+    return ("Measured against theoretical speedup of every timed operating point (held-out and risk-controlled "
+            f"thresholds, every exit rule; {_plural(len(points), 'point')} from {_plural(runs, 'run')}), each timed "
+            "against the same run's full model (its last exit alone; MM: its last member) on the same device and "
+            "batch size; dotted: y = x.")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # entry point
 
-SECTIONS = ("speed_accuracy", "individual_exits", "training_loss", "gradient_conflict", "risk_control")
+SECTIONS = ("speed_accuracy", "individual_exits", "training_loss", "gradient_conflict", "risk_control", "latency")
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -845,6 +881,9 @@ def make_figures(
                     dict(zip(GROUP_KEYS, key)))).all(axis=1)] for f in (risk, common))
                 save(risk_tradeoff_figure(block, own_block, common_block, strategy), "risk_control",
                      _stem(*key) + "__tradeoff", risk_tradeoff_caption(block, own_block, common_block, strategy))
+        latency = _read(tables / "latency.csv")
+        if latency is not None:
+            save(latency_figure(latency), "latency", "measured_vs_theoretical", latency_caption(latency))
         write_json(tmp / "index.json", {"strategy": strategy, "figures": entries})
         if (tables / "status.txt").is_file():
             write_text(tmp / "status.txt", (tables / "status.txt").read_text())

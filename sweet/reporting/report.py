@@ -186,6 +186,9 @@ def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strat
     held_out = _held_out_section(tables, strategy, by_section.get("risk_control", []))
     if held_out is not None:
         sections.append(held_out)
+    latency = _latency_section(tables, by_section.get("latency", []))
+    if latency is not None:
+        sections.append(latency)
     if "gradient_conflict" in by_section:
         sections.append({"title": "Gradient conflict", "intro": [
             "The paper's explanation of EE's weaker exits: during EE fine-tuning the later exits' gradients point "
@@ -368,6 +371,34 @@ def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict 
         "methods on the calibration split, less the config's risk_control.error_offsets), and the certified trade-off "
         "figure puts every certified policy at its evaluation accuracy and speedup."], "tables": out,
         "figures": figures}
+
+
+def _latency_section(tables: Path, figures: list[dict]) -> dict | None:
+    """Measured latency (config latency:): per setting × method × device × batch size × source, the mean over seeds
+    and operating points of ms per example, measured and theoretical speedup."""
+    latency = _read_if_present(tables / "latency.csv")
+    if latency.empty:
+        return None
+    latency = latency.assign(risk=latency["risk"].fillna(""))
+    keys = [*GROUP_KEYS, "method", "device", "batch_size", "source"]
+    summary = (latency.groupby(keys, sort=False, dropna=False)
+               .agg(points=("ms_per_example", "size"), ms=("ms_per_example", "mean"),
+                    measured=("measured_speedup", "mean"), theoretical=("theoretical_speedup", "mean"))
+               .reset_index())
+    table = pd.DataFrame({
+        **{k: summary[k] for k in [*GROUP_KEYS, "device", "batch_size"]},
+        "method": summary["method"].map(display_name), "operating points": summary["source"],
+        "timed": summary["points"], "ms per example": [f"{v:.3g}" for v in summary["ms"]],
+        "measured speedup": [f"{v:.2f}×" for v in summary["measured"]],
+        "theoretical speedup": [f"{v:.2f}×" for v in summary["theoretical"]]})
+    return {"title": "Measured latency", "intro": [
+        "Each run's early-exit policy timed on the device of the job that evaluated it (sweet/latency.py: the "
+        "compiled segments on CUDA, plain segments on a CPU) at its held-out and risk-controlled thresholds, "
+        "against its full model (the last exit alone; MM: its last member alone) at the same batch size, on the "
+        "same evaluation examples; median over repetitions. The theoretical speedup is the layer count's on those "
+        "examples: where the measured one falls short, the device pays for exit heads, host reads and shapes."],
+        "tables": [_html(table, caption="Mean over seeds, exit rules and operating points of each source; every "
+                         "row is in tables/latency.csv")], "figures": figures}
 
 
 def _claim_text(first: str, second: str, claims: pd.DataFrame) -> str:

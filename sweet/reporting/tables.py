@@ -233,6 +233,8 @@ TABLES: dict[str, Builder] = {
     "risk_control_common.csv": lambda i: i.collected.common_target,
     "risk_control_summary.csv": lambda i: risk_control_summary(i.collected.risk_control, i.collected.common_target),
     "runs.csv": lambda i: i.collected.runs,
+    # only when some run measured its latency (config latency:)
+    "latency.csv": lambda i: None if i.collected.latency.empty else i.collected.latency,
     "missing_runs.txt": lambda i: missing_runs_text(i.collected.runs),
     "status.txt": lambda i: "".join(line + "\n" for line in (status_line(i.collected.runs, i.grid.get("name")),
                                                                 revision_warning(i.collected.runs)) if line),
@@ -246,13 +248,15 @@ def write_tables(out_dir: str | Path, inputs: TableInputs) -> dict[str, Path]:
     with atomic_dir(out) as tmp:
         for name, build in TABLES.items():
             content = build(inputs)
+            if content is None:
+                continue
             if isinstance(content, pd.DataFrame):
                 write_csv(tmp / name, content)
             elif isinstance(content, dict):
                 write_json(tmp / name, content)
             else:
                 write_text(tmp / name, content)
-    return {name: out / name for name in TABLES}
+    return {name: out / name for name in TABLES if (out / name).exists()}
 
 
 

@@ -18,6 +18,7 @@ from sweet import methods as method_registry  # `methods` is run_files' argument
 from sweet.plan.layout import (
     CALIBRATED_PATTERN,
     DATA_PATTERN,
+    LATENCY_FILE,
     RUN_PATTERN,
     benchmark_pattern,
     data_dir,

@@ -4,6 +4,20 @@
 # "evaluate", each asking for at most half the time cap, since a group asks for the sum).
 
 
+def latency_settings(grid=None):
+    """The grid's `latency:` (grids.<grid>.latency, else the top-level latency:); None: off (the default)."""
+    grid = grid or RUN_GRID
+    return (config["grids"][grid].get("latency") or config.get("latency")) or None
+
+
+def latency_files():
+    """Every run's latency.csv when the grid being run asks for latency; none otherwise."""
+    return run_files(LATENCY_FILE) if latency_settings() else []
+
+
+LATENCY_ON = latency_settings() is not None  # the grid being run asks for latency.csv
+
+
 rule evaluate:
     """Per-exit logits of the evaluation split, once, with the run's temperatures alongside."""
     input:
@@ -77,6 +91,10 @@ rule operating_points:
                         sort_keys=True),
     log:
         log_pattern("operating_points", calibrated=True),
+    group:
+        # with latency: on, in the run's evaluation job (the latency step reads its output, and a group may not
+        # depend on a job outside it that depends on the group); else a cheap step on the submit host
+        "evaluate" if LATENCY_ON else None
     conda:
         "../../envs/sweet.yaml"
     threads: 1
@@ -85,3 +103,39 @@ rule operating_points:
         " --task-dir {input.task_dir} --meta {params.meta} --thresholds {params.thresholds} --dense {params.dense}"
         " --targets {params.targets} --risk-control {params.risk:q} --out {output.points}"
         " --risk-out {output.risk} > {log} 2>&1"
+
+
+rule latency:
+    """Opt-in (latency:): the run's compiled policies timed against its compiled full model on the job's own
+    device (sweet/latency.py). Grouped with calibrate + evaluate: no submission of its own on a cluster."""
+    input:
+        model=model_inputs,
+        task_dir=task_dir,
+        temperatures=f"{CAL}/temperatures.json",
+        points=f"{CAL}/operating_points.csv",
+        risk=f"{CAL}/risk_control.csv",
+    output:
+        f"{CAL}/{LATENCY_FILE}",
+    params:
+        model=model_dir,
+        run=lambda wildcards, output: str(Path(output[0]).parent),
+        batch_sizes=lambda wildcards: " ".join(str(b) for b in (latency_settings() or {}).get("batch_sizes", [1, 32])),
+        examples=lambda wildcards: (latency_settings() or {}).get("examples", 256),
+        offline=OFFLINE,
+    log:
+        log_pattern("latency", calibrated=True),
+    benchmark:
+        benchmark_pattern("latency", calibrated=True)
+    group:
+        "evaluate"
+    resources:
+        mem_mb=forward_mem_mb,
+        runtime=evaluate_runtime,
+        **GPU_RESOURCES,
+    conda:
+        "../../envs/sweet.yaml"
+    threads: THREADS
+    shell:
+        "{params.offline} python -m sweet latency --run {params.run} --model {params.model}"
+        " --task-dir {input.task_dir} --batch-sizes {params.batch_sizes} --examples {params.examples}"
+        " --out {output} > {log} 2>&1"

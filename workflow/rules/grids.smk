@@ -47,7 +47,7 @@ def table_inputs(wildcards):
         return []
     return [*run_files("curves.csv"), *run_files("individual_exits.csv"),
             *run_files("gradient_conflict.csv", methods=method_registry.names("joint"), calibrated=False),
-            *operating_point_files()]
+            *operating_point_files(), *latency_files()]
 
 
 def operating_point_files():
