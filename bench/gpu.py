@@ -4,9 +4,9 @@ BERT-base shape with `_common.spread_heads`, exits [1, 4, 6, 12], SST-2 dev sent
 theoretical (layer-count) speedup is closest to 1.5×, 2× and 3×, batch 1 and 32. Configurations, timed
 round-robin on one device:
 
-- stock eager: the stock encoder's 12 layers and the last exit's head, one call per length-sorted batch;
+- stock eager: the stock encoder's 12 layers and the last exit's head, one call per length-sorted batch, unpadded;
 - stock compiled (the anchor): the same function through ``torch.compile`` (CUDA: ``mode="reduce-overhead"``,
-  CUDA graphs), inputs padded to the runner's buckets so both sides see the same static shapes;
+  CUDA graphs), inputs padded to the compiled runner's buckets (CUDA graphs need static shapes);
 - hook runner: today's ``sweet.infer.early_exit``;
 - segments, eager: ``sweet.compiled.SegmentedRunner(compile=False)``, the segment logic as plain Python;
 - segments, compiled: ``SegmentedRunner(compile=True)`` (CUDA graphs on CUDA, inductor on a CPU).
@@ -112,9 +112,10 @@ def _measure(model, device: torch.device, n_bs1: int, n_bs32: int, reps: int, co
     for batch_size, n in ((1, n_bs1), (32, n_bs32)):
         feats = features([texts[i] for i in order[:n]])
         probs, chosen, theoretical = _thresholds(model, feats)
-        buckets = Buckets(batch_size)
+        buckets = Buckets(batch_size)  # the compiled side's static shapes; the eager stock pass is not padded
         plain = SegmentedRunner(model, batch_size, compile=False)
-        configs: dict = {"stock eager": (_stock, model, feats, batch_size, _full_forward(model), buckets)}
+        configs: dict = {"stock eager": (_stock, model, feats, batch_size, _full_forward(model),
+                                         Buckets(batch_size, static=False))}
         compiled = None
         if compile_segments:
             settings = {"mode": "reduce-overhead"} if device.type == "cuda" else {"backend": "inductor"}
