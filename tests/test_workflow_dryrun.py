@@ -109,7 +109,8 @@ def test_cluster_groups_calibration_with_evaluation_but_never_with_training(tmp_
 def test_latency_is_planned_when_asked_inside_the_evaluation_group(tmp_path: Path) -> None:
     """latency: (here per grid) plans one latency job per run; on a cluster it joins the run's evaluation group
     (with operating_points, which it reads), so it adds no submission."""
-    overlay = "grids:\n  smoke:\n    latency: {batch_sizes: [1, 32], examples: 64}\n"
+    overlay = ("grids:\n  smoke:\n    latency: {batch_sizes: [1, 32], examples: 64}\n"
+               "cluster: {max_runtime_minutes: 40}\n")
     result = dry_run(tmp_path, "--config", "grid=smoke", overlay=overlay)
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout)["latency"] == 3
@@ -123,6 +124,8 @@ def test_latency_is_planned_when_asked_inside_the_evaluation_group(tmp_path: Pat
         members = re.split(r"\n(?=\S)", block.split("\n", 1)[1], maxsplit=1)[0]
         assert sorted(re.findall(r"^\s+rule (\w+):", members, re.M)) == [
             "calibrate", "evaluate", "latency", "operating_points"], members
+        # the group asks Slurm for the sum of its members' runtimes: within the partition's cap
+        assert sum(int(m) for m in re.findall(r"\bruntime=(\d+)", members)) <= 40, members
 
 
 def test_keep_checkpoints_keeps_weights(tmp_path: Path) -> None:

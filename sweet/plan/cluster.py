@@ -148,12 +148,13 @@ class Estimator:
         headroom = ARRAY_MEM_HEADROOM_MB if array else 0
         return self.caps.mem_mb(train_mem_mb(self.params(model, depth)) * attempt, headroom)
 
-    def forward_runtime(self, model: Model, examples: int, attempt: int) -> int:
-        """Calibration or evaluation: two jobs submitted together (one group), so each gets half the cap."""
+    def forward_runtime(self, model: Model, examples: int, attempt: int, share: int = 2) -> int:
+        """Calibration, evaluation (or latency): ``share`` jobs submitted together (one group, which asks for the
+        sum), so each gets at most 1/share of the cap."""
         spec = merged_training(self.config, model)
         minutes = forward_minutes(self.params(model), examples, int(spec.get("max_length", 256)),
                                   throughput_flops(self.config, self.gpus, self.threads))
-        return self.caps.runtime(minutes * attempt, share=2)
+        return self.caps.runtime(minutes * attempt, share=share)
 
     def forward_mem_mb(self, model: Model, attempt: int) -> int:
         return self.caps.mem_mb(forward_mem_mb(self.params(model)) * attempt)

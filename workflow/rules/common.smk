@@ -315,7 +315,15 @@ def calibrate_runtime(wildcards, attempt):
 
 
 def evaluate_runtime(wildcards, attempt):
-    return ESTIMATE.forward_runtime(model_of(wildcards), task_examples(config, wildcards.task), attempt)
+    """Calibrate, evaluate (and, with latency: on, latency and operating_points) go out as one job, which asks for
+    the sum of its members' runtimes: each asks for at most its share of the cap (evaluate.smk)."""
+    return ESTIMATE.forward_runtime(model_of(wildcards), task_examples(config, wildcards.task), attempt,
+                                    share=EVALUATE_GROUP_JOBS)
+
+
+def operating_points_runtime(wildcards, attempt):
+    """Seconds of pandas on stored logits; a runtime of its own only matters inside the evaluate group."""
+    return ESTIMATE.caps.runtime(5 * attempt, share=EVALUATE_GROUP_JOBS)
 
 
 def forward_mem_mb(wildcards, attempt):

@@ -16,6 +16,9 @@ def latency_files():
 
 
 LATENCY_ON = latency_settings() is not None  # the grid being run asks for latency.csv
+# The jobs of a run's "evaluate" group: each asks for at most 1/EVALUATE_GROUP_JOBS of the time cap, so the group's
+# sum stays within it (common.smk: evaluate_runtime)
+EVALUATE_GROUP_JOBS = 4 if LATENCY_ON else 2  # + latency, operating_points
 
 
 rule evaluate:
@@ -95,6 +98,8 @@ rule operating_points:
         # with latency: on, in the run's evaluation job (the latency step reads its output, and a group may not
         # depend on a job outside it that depends on the group); else a cheap step on the submit host
         "evaluate" if LATENCY_ON else None
+    resources:
+        runtime=operating_points_runtime,
     conda:
         "../../envs/sweet.yaml"
     threads: 1
