@@ -328,3 +328,15 @@ def operating_points_runtime(wildcards, attempt):
 
 def forward_mem_mb(wildcards, attempt):
     return ESTIMATE.forward_mem_mb(model_of(wildcards), attempt)
+
+
+# --------------------------------------------------------------------------------------- measured latency
+def latency_settings(grid=None):
+    """The grid's `latency:` (grids.<grid>.latency, else the top-level latency:); None: off (the default)."""
+    grid = grid or RUN_GRID
+    return (config["grids"][grid].get("latency") or config.get("latency")) or None
+
+
+def latency_files():
+    """Every run's latency.csv when the grid being run asks for latency; none otherwise."""
+    return run_files(LATENCY_FILE) if latency_settings() else []

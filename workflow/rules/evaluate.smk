@@ -1,23 +1,12 @@
 # Evaluation: one batched pass per run stores every exit's logits (the single source of truth for every score,
 # curve and table); the curves of every exit rule are then computed from the stored logits, without a model
 # (cheap: on the submit host). On a cluster, calibrate and evaluate of a run go out as one job (group
-# "evaluate", each asking for at most half the time cap, since a group asks for the sum).
-
-
-def latency_settings(grid=None):
-    """The grid's `latency:` (grids.<grid>.latency, else the top-level latency:); None: off (the default)."""
-    grid = grid or RUN_GRID
-    return (config["grids"][grid].get("latency") or config.get("latency")) or None
-
-
-def latency_files():
-    """Every run's latency.csv when the grid being run asks for latency; none otherwise."""
-    return run_files(LATENCY_FILE) if latency_settings() else []
+# "evaluate", each asking for at most its share of the time cap, since a group asks for the sum: common.smk).
 
 
 LATENCY_ON = latency_settings() is not None  # the grid being run asks for latency.csv
 # The jobs of a run's "evaluate" group: each asks for at most 1/EVALUATE_GROUP_JOBS of the time cap, so the group's
-# sum stays within it (common.smk: evaluate_runtime)
+# sum stays within it (common.smk: evaluate_runtime; latency_settings)
 EVALUATE_GROUP_JOBS = 4 if LATENCY_ON else 2  # + latency, operating_points
 
 
