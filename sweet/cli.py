@@ -146,7 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     task = load_prepared(args.task_dir)
     splits = json.loads(Path(args.splits).read_text())
     if "calibration_ids" not in splits:
-        raise UserError(f"--splits: {args.splits} holds no calibration split; give the calibration.json that "
+        raise UserError(f"--splits: {args.splits} holds no calibration split; give the {layout.CALIBRATION_SPLIT} that "
                         "`sweet split --calibration-out` writes")
     on_eval = splits.get("calibrate_on") == "eval"
     pool = task.eval if on_eval else task.train

@@ -110,7 +110,7 @@ def _examine(run: Run, legacy: Path, model: Model, gpus: int) -> Candidate:
     else:
         records = [_json(legacy / layout.TRAIN_METRICS)]
         if records[0] is None:
-            return no("no readable train_metrics.json (not a finished run)")
+            return no(f"no readable {layout.TRAIN_METRICS} (not a finished run)")
     model_type = model.model_type_offline
     if not per_exit and model_type in HEAD_CHANGED_ARCHITECTURES:
         return no(f"trained with the exit head sweet used before for {model_type} (BERT's tanh pooler); exits are "
