@@ -18,6 +18,7 @@ from sweet import methods  # the method registry: standard library only
 from sweet.backbones import POOLINGS  # the registry imports no torch
 from sweet.errors import UserError
 from sweet.exits import EXIT_RULES  # numpy only
+from sweet.plan import layout  # the names of a run's files: standard library only
 from sweet.plan.export_policy import POLICIES, RISKS  # torch-free
 
 POOLING_HELP = ("how each exit reads the hidden states: cls (first token), mean (over non-padding tokens) or last "
@@ -145,7 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     task = load_prepared(args.task_dir)
     splits = json.loads(Path(args.splits).read_text())
     if "calibration_ids" not in splits:
-        raise UserError(f"--splits: {args.splits} holds no calibration split; give the calibration.json that "
+        raise UserError(f"--splits: {args.splits} holds no calibration split; give the {layout.CALIBRATION_SPLIT} that "
                         "`sweet split --calibration-out` writes")
     on_eval = splits.get("calibrate_on") == "eval"
     pool = task.eval if on_eval else task.train
@@ -432,10 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-size", type=int, default=1000)
     p.add_argument("--calibrate-on", choices=["pool", "eval"], default="pool",
                    help="pool: unused training examples (default); eval: the reference's protocol (biased)")
-    p.add_argument("--out", help="the training subset (splits.json)")
-    p.add_argument("--calibration-out", help="the calibration split (calibration.json)")
+    p.add_argument("--out", help=f"the training subset ({layout.SPLITS})")
+    p.add_argument("--calibration-out", help=f"the calibration split ({layout.CALIBRATION_SPLIT})")
     p.add_argument("--run-record", type=_json_arg, help="the run's identity record (JSON), written to --run-record-out")
-    p.add_argument("--run-record-out", help="run.json to write")
+    p.add_argument("--run-record-out", help=f"{layout.RUN_JSON} to write")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="fine-tune an early-exit model (EE, SWEET, …) or one MM member")
@@ -458,14 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="checkpoints for resuming (default: <out>.checkpoints)")
     p.add_argument("--hub-cache", help="hub cache a hub id is read from (default: Hugging Face's own)")
     p.add_argument("--revision", default="main", help="the hub backbone's branch, tag or commit (default main)")
-    p.add_argument("--run-record", help="the run's run.json: its id and settings go into the training record")
+    p.add_argument("--run-record", help=f"the run's {layout.RUN_JSON}: its id and settings go into the training record")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("combine", help="MM: declare trained members as one MultiModel folder")
     p.add_argument("--members", nargs="+", required=True)
     p.add_argument("--method", choices=methods.names("per-exit"),
                    help="the per-exit method the members were trained with (recorded in sweet_config.json)")
-    p.add_argument("--out", required=True, help="<model>/sweet_config.json")
+    p.add_argument("--out", required=True, help=f"<run>/{layout.SWEET_CONFIG}")
     p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser("calibrate", help="per-exit temperature scaling on the calibration split")
@@ -473,17 +474,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-dir", required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", required=True, help="temperatures.json")
-    p.add_argument("--logits-out", help="calibration_logits.npz: the calibration split's per-exit logits, in "
-                   "logits.npz's format (with the fitted temperatures)")
+    p.add_argument("--out", required=True, help=layout.TEMPERATURES)
+    p.add_argument("--logits-out", help=f"{layout.CALIBRATION_LOGITS}: the calibration split's per-exit logits, in "
+                   f"{layout.LOGITS}'s format (with the fitted temperatures)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="per-exit logits of the evaluation split, in one batched pass")
     p.add_argument("--model", required=True)
     p.add_argument("--task-dir", required=True)
-    p.add_argument("--temperatures", help="temperatures.json from `calibrate` (default: T = 1)")
+    p.add_argument("--temperatures", help=f"{layout.TEMPERATURES} from `calibrate` (default: T = 1)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", required=True, help="logits.npz")
+    p.add_argument("--out", required=True, help=layout.LOGITS)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("curves", help="speed–accuracy curves for every exit rule, and each exit's score")
@@ -492,8 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", type=_meta_arg, nargs="*", help="identity columns, e.g. task=sst2 seed=1")
     p.add_argument("--thresholds", type=int, default=11, help="points of the reference grid")
     p.add_argument("--dense", type=int, default=101, help="points of the dense grid")
-    p.add_argument("--out", required=True, help="curves.csv")
-    p.add_argument("--exits-out", required=True, help="individual_exits.csv")
+    p.add_argument("--out", required=True, help=layout.CURVES)
+    p.add_argument("--exits-out", required=True, help=layout.EXITS)
     p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("migrate-runs", help="move runs of the layout before run ids into their run-id folders")
@@ -507,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("operating-points", help="held-out operating points and risk-controlled thresholds "
                        "(chosen on the calibration split's logits, applied to the evaluation split's)")
-    p.add_argument("--calibration-logits", required=True, help="calibration_logits.npz (from `calibrate`)")
-    p.add_argument("--logits", required=True, help="logits.npz (from `evaluate`)")
+    p.add_argument("--calibration-logits", required=True, help=f"{layout.CALIBRATION_LOGITS} (from `calibrate`)")
+    p.add_argument("--logits", required=True, help=f"{layout.LOGITS} (from `evaluate`)")
     p.add_argument("--task-dir", required=True)
     p.add_argument("--meta", type=_meta_arg, nargs="*", help="identity columns, e.g. task=sst2 seed=1")
     p.add_argument("--thresholds", type=int, default=11, help="points of the reference grid (as `curves`)")
@@ -518,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--risk-control", type=_json_arg, default={},
                    help="JSON: enabled, risks (disagreement, accuracy-drop, error), epsilons, delta (config "
                         "risk_control:; error_offsets is for `aggregate`)")
-    p.add_argument("--out", required=True, help="operating_points.csv")
-    p.add_argument("--risk-out", required=True, help="risk_control.csv")
+    p.add_argument("--out", required=True, help=layout.OPERATING_POINTS)
+    p.add_argument("--risk-out", required=True, help=layout.RISK_CONTROL)
     p.set_defaults(func=cmd_operating_points)
 
     p = sub.add_parser("audit", help="list parameters that receive gradient from more than one exit")
@@ -553,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed passes per policy and batch size (median)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="auto: compiled on CUDA, plain segments on a CPU")
-    p.add_argument("--out", help="default: latency.csv in --run (sweet.plan.layout.LATENCY_FILE)")
+    p.add_argument("--out", help="default: latency.csv in --run (sweet.plan.layout.LATENCY)")
     p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("export", help="a run → a deployable classifier folder: model, temperatures, exit policy, card")
@@ -564,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the threshold is chosen (default: manual when --threshold is given)")
     p.add_argument("--strategy", default="confidence", choices=list(EXIT_RULES),
                    help="held-out / risk-control: the exit rule whose row is taken")
-    p.add_argument("--target-speedup", type=float, help="held-out: a target_speedup of operating_points.csv")
+    p.add_argument("--target-speedup", type=float, help=f"held-out: a target_speedup of {layout.OPERATING_POINTS}")
     p.add_argument("--risk", choices=RISKS, help="risk-control: the controlled risk")
     p.add_argument("--epsilon", type=float, help="risk-control: the risk bound ε")
     p.add_argument("--delta", type=float, help="risk-control: the failure probability δ (optional when unique)")
@@ -572,11 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="manual: the threshold")
     p.add_argument("--task-dir", help="the prepared task (default: results/data/<the run's task>)")
     p.add_argument("--model", help="trained model folder (default: <run>/model)")
-    p.add_argument("--logits", help="the run's logits.npz (default: <run>/logits.npz)")
-    p.add_argument("--temperatures", help="the run's temperatures.json (default: <run>/temperatures.json)")
-    p.add_argument("--operating-points", help="operating_points.csv (default: <run>/operating_points.csv)")
-    p.add_argument("--risk-control", help="risk_control.csv (default: <run>/risk_control.csv)")
-    p.add_argument("--exits", help="individual_exits.csv, read for the run's identity (default: in <run>)")
+    p.add_argument("--logits", help=f"the run's {layout.LOGITS} (default: <run>/{layout.LOGITS})")
+    p.add_argument("--temperatures", help=f"the run's {layout.TEMPERATURES} (default: <run>/{layout.TEMPERATURES})")
+    p.add_argument("--operating-points", help=f"{layout.OPERATING_POINTS} (default: <run>/{layout.OPERATING_POINTS})")
+    p.add_argument("--risk-control", help=f"{layout.RISK_CONTROL} (default: <run>/{layout.RISK_CONTROL})")
+    p.add_argument("--exits", help=f"{layout.EXITS}, read for the run's identity (default: in <run>)")
     p.add_argument("--meta", type=_meta_arg, nargs="*", help="the run's identity, e.g. task=sst2 budget=6000")
     p.add_argument("--name", help="the classifier's name (default: the output folder's)")
     p.add_argument("--grid", help="the grid the run belongs to (for the model card)")

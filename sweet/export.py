@@ -39,7 +39,7 @@ from sweet.plan.export_policy import (
 )
 
 CARD_NAME = "README.md"
-TEMPERATURES_NAME = "temperatures.json"
+TEMPERATURES_NAME = "temperatures.json"  # in the exported folder (a run's own: sweet.plan.layout.TEMPERATURES)
 CARD_TEMPLATE = "model_card.md.j2"  # in sweet/templates/
 
 
@@ -55,18 +55,18 @@ class ExportPaths:
     temperatures: Path | None = None
     operating_points: Path | None = None
     risk_control: Path | None = None
-    exits: Path | None = None  # individual_exits.csv: the run's identity columns
+    exits: Path | None = None  # layout.EXITS: the run's identity columns
 
     def __post_init__(self) -> None:
         self.run = Path(self.run)
-        defaults = {"model": "model", "logits": "logits.npz", "temperatures": TEMPERATURES_NAME,
-                    "operating_points": "operating_points.csv", "risk_control": "risk_control.csv",
-                    "exits": "individual_exits.csv"}
-        from sweet.plan.layout import run_file
+        from sweet.plan import layout
 
+        defaults = {"model": layout.MODEL, "logits": layout.LOGITS, "temperatures": layout.TEMPERATURES,
+                    "operating_points": layout.OPERATING_POINTS, "risk_control": layout.RISK_CONTROL,
+                    "exits": layout.EXITS}
         for name, default in defaults.items():
             value = getattr(self, name)
-            setattr(self, name, run_file(self.run, default) if value is None else Path(value))
+            setattr(self, name, layout.run_file(self.run, default) if value is None else Path(value))
 
 
 def run_identity(paths: ExportPaths, meta: dict[str, str]) -> dict[str, Any]:

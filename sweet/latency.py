@@ -1,6 +1,6 @@
 """Measured latency: the run's model timed at its held-out and risk-controlled operating points, on this device.
 
-``latency.csv`` (``sweet.plan.layout.LATENCY_FILE``, in the run's calibrated folder) has one row per timed policy
+``latency.csv`` (``sweet.plan.layout.LATENCY``, in the run's calibrated folder) has one row per timed policy
 × batch size: the compiled full model (``source`` = full) and each reached held-out operating point
 (operating_points.csv) and certified risk-controlled threshold (risk_control.csv) of an exit rule with a device
 version (``sweet.compiled.TORCH_RULES``). ``measured_speedup`` = full model's ms per example / the policy's;
@@ -187,7 +187,7 @@ def run_latency(run: str | Path, task_dir: str | Path, batch_sizes: list[int], e
     from sweet.data import load_prepared
     from sweet.evaluate import load_model, method_of
     from sweet.io import write_csv
-    from sweet.plan.layout import LATENCY_FILE, run_file
+    from sweet.plan.layout import LATENCY, MODEL, OPERATING_POINTS, RISK_CONTROL, TEMPERATURES, run_file
 
     batch_sizes = check_batch_sizes(batch_sizes)
     if examples < 1:
@@ -195,19 +195,19 @@ def run_latency(run: str | Path, task_dir: str | Path, batch_sizes: list[int], e
     if repeats < 1:
         raise UserError(f"--repeats: {repeats} must be at least 1")
     run = Path(run)
-    model_dir = Path(model_dir) if model_dir else run_file(run, "model")
-    temperatures_path = run_file(run, "temperatures.json")
+    model_dir = Path(model_dir) if model_dir else run_file(run, MODEL)
+    temperatures_path = run_file(run, TEMPERATURES)
     if not temperatures_path.is_file():
-        raise UserError(f"--run: {run} has no temperatures.json; give a calibrated run folder")
+        raise UserError(f"--run: {run} has no {TEMPERATURES}; give a calibrated run folder")
     temperatures = np.asarray(json.loads(temperatures_path.read_text())["temperatures"], dtype=np.float64)
     model = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
     rows = list(load_prepared(task_dir).eval)[:examples]
     features = encode(rows, tokenizer)
-    table = latency_rows(model, features, temperatures, method_of(model), _read_csv(run / "operating_points.csv"),
-                         _read_csv(run / "risk_control.csv"), batch_sizes, tokenizer.pad_token_id or 0, repeats,
+    table = latency_rows(model, features, temperatures, method_of(model), _read_csv(run / OPERATING_POINTS),
+                         _read_csv(run / RISK_CONTROL), batch_sizes, tokenizer.pad_token_id or 0, repeats,
                          compile)
-    out = Path(out) if out else run / LATENCY_FILE
+    out = Path(out) if out else run / LATENCY
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, table)
     return table

@@ -49,7 +49,7 @@ from sweet.backbones import (
 from sweet.errors import UserError
 from sweet.methods import boundary_scales, names, resolve_options
 
-CONFIG_NAME = "sweet_config.json"
+CONFIG_NAME = "sweet_config.json"  # in a run: sweet.plan.layout.SWEET_CONFIG (a test keeps them equal)
 HEADS_NAME = "exit_heads.safetensors"
 METHODS = names(layout="joint")  # every method that trains all exits of one encoder (sweet.methods)
 

@@ -15,7 +15,7 @@ from sweet.cost import layer_costs, layer_fraction
 from sweet.curves import load_logits
 from sweet.exits import EXIT_RULES, calibrated_probs, simulate
 from sweet.latency import LATENCY_COLUMNS
-from sweet.plan.layout import LATENCY_FILE
+from sweet.plan.layout import LATENCY
 
 EXAMPLES = 24
 
@@ -28,7 +28,7 @@ def test_latency_rows(base: Path, method: str) -> None:  # noqa: F811
     _risk_control(run, threshold)
     main(["latency", "--run", str(run), "--task-dir", str(base / "data" / "synthetic"), "--batch-sizes", "4", "1",
           "--examples", str(EXAMPLES), "--repeats", "1"])
-    table = pd.read_csv(run / LATENCY_FILE, keep_default_na=False, na_values=[""])
+    table = pd.read_csv(run / LATENCY, keep_default_na=False, na_values=[""])
     assert list(table.columns) == LATENCY_COLUMNS
     assert sorted(table["batch_size"].unique()) == [1, 4]
     full = table[table["source"] == "full"]

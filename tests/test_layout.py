@@ -70,3 +70,20 @@ def test_folders_outside_the_layout() -> None:
     assert below_runs("/tmp/hand-made/run") is None and logs_root_of("/tmp/hand-made/run") is None
     assert run_fields("/tmp/hand-made/run") is None
     assert legacy_dir_of("/tmp/hand-made/run") is None  # not a calibrated folder
+
+
+def test_run_file_names_are_the_ones_finished_runs_hold():
+    """The names of a run's files are spelled once, in the layout; renaming one would orphan every finished run."""
+    from sweet.plan import layout
+
+    assert {name: getattr(layout, name) for name in (
+        "RUN_JSON", "SPLITS", "MODEL", "MEMBER_MODEL", "SWEET_CONFIG", "TRAIN_METRICS", "MEMBERS", "MEMBER_METRICS",
+        "GRADIENT_CONFLICT", "CALIBRATION_SPLIT", "TEMPERATURES", "CALIBRATION_LOGITS", "LOGITS", "CURVES", "EXITS",
+        "OPERATING_POINTS", "RISK_CONTROL")} == {
+        "RUN_JSON": "run.json", "SPLITS": "splits.json", "MODEL": "model", "MEMBER_MODEL": "model/member_{k}",
+        "SWEET_CONFIG": "model/sweet_config.json", "TRAIN_METRICS": "train_metrics.json", "MEMBERS": "members",
+        "MEMBER_METRICS": "members/member_{k}.json", "GRADIENT_CONFLICT": "gradient_conflict.csv",
+        "CALIBRATION_SPLIT": "calibration.json", "TEMPERATURES": "temperatures.json",
+        "CALIBRATION_LOGITS": "calibration_logits.npz", "LOGITS": "logits.npz", "CURVES": "curves.csv",
+        "EXITS": "individual_exits.csv", "OPERATING_POINTS": "operating_points.csv", "RISK_CONTROL": "risk_control.csv"}
+    assert run_file(f"{RUN.calibrated_dir}", layout.SPLITS) == Path(RUN.dir) / "splits.json"

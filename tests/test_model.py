@@ -825,3 +825,10 @@ def test_gradient_conflict_probe_leaves_a_training_run_unchanged(tmp_path_factor
     model = _model("bert", tmp_path_factory, "ee").train()
     torch.manual_seed(12)
     assert not torch.equal(model(**_batch("bert", seed=0)).exit_losses.sum(), losses[0])
+
+
+def test_config_name_is_the_runs_sweet_config():
+    """A saved model's config file is the one the workflow expects in a run's model folder (sweet.plan.layout)."""
+    from sweet.plan import layout
+
+    assert f"{layout.MODEL}/{CONFIG_NAME}" == layout.SWEET_CONFIG

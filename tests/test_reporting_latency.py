@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from test_figures import write_fake_grid
 
-from sweet.plan.layout import LATENCY_FILE
+from sweet.plan.layout import LATENCY
 from sweet.reporting.collect import LATENCY_COLUMNS, LATENCY_RUN_COLUMNS, RUN_KEYS
 from sweet.reporting.figures import make_figures
 from sweet.reporting.report import make_report
@@ -31,7 +31,7 @@ def _fake_latency(run: Path, speed: float) -> None:
         rows.append({"strategy": "confidence", "threshold": 0.95, "source": "risk-control", "risk": "disagreement",
                      "epsilon": 0.05, "target_speedup": float("nan"), **common, "ms_per_example": 1.5,
                      "measured_speedup": 1.33, "theoretical_speedup": 1.4})
-    pd.DataFrame(rows, columns=LATENCY_RUN_COLUMNS).to_csv(run / LATENCY_FILE, index=False)
+    pd.DataFrame(rows, columns=LATENCY_RUN_COLUMNS).to_csv(run / LATENCY, index=False)
 
 
 def test_latency_table_section_and_figure(tmp_path: Path) -> None:

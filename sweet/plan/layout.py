@@ -56,8 +56,32 @@ CALIBRATED_PREFIX = "cal-"  # a calibrated folder's name: cal-pool<N> or cal-eva
 # A training folder's path below results/runs/, read back (both layouts: <method>-<run id> and <method> alone).
 _RUN_PATH = re.compile(r"^(?P<task>[^/]+)/(?P<model>[^/]+)/b(?P<budget>\d+)/(?P<method>[a-z0-9_]+)"
                        r"(-(?P<run_id>[0-9a-f]{8}))?/s(?P<seed>\d+)$")
-LATENCY_FILE = "latency.csv"  # a calibrated folder's measured latency (sweet latency; config latency:)
-RUN_JSON = "run.json"  # the run's identity, written before it trains; the reporting checks it
+# ---- The files inside a run: the one place their names are spelled. [T]: in the training folder (RUN_PATTERN),
+# [C]: in the calibrated folder (CALIBRATED_PATTERN); run_file(folder, NAME) finds a [T] file from either folder.
+# (A new file: add it here, say who writes and reads it, and where it sits.)
+RUN_JSON = "run.json"  # [T] the run's identity: rule record (common.smk) writes it before it trains; the
+#                        reporting (record_mismatch), `sweet train` (method options) and migrate-runs read it
+SPLITS = "splits.json"  # [T] the seeded training subset: `sweet split` writes it; train, calibrate, evaluate,
+#                         migrate-runs read it (before run ids it also held the calibration split)
+MODEL = "model"  # [T] the trained model folder (`sweet train --out`); calibrate, evaluate and export read it
+MEMBER_MODEL = MODEL + "/member_{k}"  # [T] a per-exit method's (MM's) member k (`sweet train --member`)
+SWEET_CONFIG = MODEL + "/sweet_config.json"  # [T] MM's members assembled (`sweet assemble`); calibrate, evaluate read it
+TRAIN_METRICS = "train_metrics.json"  # [T] `sweet train`'s metrics (timing, loss); reporting and migrate-runs read it
+MEMBERS = "members"  # [T] MM's per-member training metrics folder
+MEMBER_METRICS = MEMBERS + "/member_{k}.json"  # [T] member k's train metrics (`sweet train --member`); assemble reads
+GRADIENT_CONFLICT = "gradient_conflict.csv"  # [T] joint methods' gradient-conflict probe (`sweet train`); the tables
+CALIBRATION_SPLIT = "calibration.json"  # [C] the calibration split's ids (`sweet split --calibration-out`);
+#                                        calibrate reads it (migrate-runs writes it from an old splits.json)
+TEMPERATURES = "temperatures.json"  # [C] per-exit temperatures (`sweet calibrate`); evaluate and export read them
+CALIBRATION_LOGITS = "calibration_logits.npz"  # [C] the calibration split's per-exit logits (`sweet calibrate`, the
+#                                                format of LOGITS); operating points and risk control read them
+LOGITS = "logits.npz"  # [C] the evaluation split's per-exit logits (`sweet evaluate`); curves, policies, export read
+CURVES = "curves.csv"  # [C] the speed/accuracy curves (`sweet curves`); the tables and figures read them
+EXITS = "individual_exits.csv"  # [C] each exit's own accuracy (`sweet curves`); the tables read it
+OPERATING_POINTS = "operating_points.csv"  # [C] held-out operating points (`sweet operating-points`); tables, export
+RISK_CONTROL = "risk_control.csv"  # [C] risk-controlled thresholds (`sweet operating-points`); tables, export
+LATENCY = "latency.csv"  # [C] measured latency of the run's policies (`sweet latency`, only with config latency:);
+#                          the tables read it
 IDENTITY_VERSION = 1  # bump when the meaning of an identity field changes, so no old folder is read as new
 # Training options that change no number of a run (a checkpoint interval, where the training curves are also
 # logged to): never part of its identity.

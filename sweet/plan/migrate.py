@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sweet import methods
+from sweet.plan import layout
 from sweet.plan.layout import (
     HEAD_CHANGED_ARCHITECTURES,
     LOGS,
@@ -32,11 +33,11 @@ from sweet.plan.layout import (
 )
 from sweet.plan.settings import Model
 
-TRAINING_FILES = ("train_metrics.json", "gradient_conflict.csv", "members", "model")
+TRAINING_FILES = (layout.TRAIN_METRICS, layout.GRADIENT_CONFLICT, layout.MEMBERS, layout.MODEL)
 # Runs of the layout before run ids never kept the calibration split's logits, so they get no operating points
 # (the workflow does not ask for them: workflow/rules/grids.smk).
-CALIBRATED_FILES = ("temperatures.json", "calibration_logits.npz", "logits.npz", "curves.csv", "individual_exits.csv")
-CSV_WITH_META = ("curves.csv", "individual_exits.csv", "gradient_conflict.csv")
+CALIBRATED_FILES = (layout.TEMPERATURES, layout.CALIBRATION_LOGITS, layout.LOGITS, layout.CURVES, layout.EXITS)
+CSV_WITH_META = (layout.CURVES, layout.EXITS, layout.GRADIENT_CONFLICT)
 TRAINING_STEPS = ("split", "train", "combine")
 CALIBRATED_STEPS = ("calibrate", "evaluate", "curves")  # the steps the layout before run ids had
 # The methods the layout before run ids had: the registry's others never had a run there (a folder of their name
@@ -75,7 +76,7 @@ def candidates(
 
 def legacy_runs_to_migrate(config: dict, models: dict[str, Model], gpus: int, grids: list[str]) -> list[Candidate]:
     """What the Snakefile checks before planning: finished old-layout runs these grids would otherwise retrain."""
-    return [c for c in candidates(config, models, gpus, grids) if not c.why_not and (c.legacy / "curves.csv").is_file()]
+    return [c for c in candidates(config, models, gpus, grids) if not c.why_not and (c.legacy / layout.CURVES).is_file()]
 
 
 def migrate(candidates_: list[Candidate], apply: bool, root: str | Path = ".") -> list[str]:
@@ -94,7 +95,7 @@ def migrate(candidates_: list[Candidate], apply: bool, root: str | Path = ".") -
 
 # ------------------------------------------------------------------------------------------------ internals
 def _examine(run: Run, legacy: Path, model: Model, gpus: int) -> Candidate:
-    splits = _json(legacy / "splits.json") or {}
+    splits = _json(legacy / layout.SPLITS) or {}
     calibration = "cal-eval" if splits.get("calibrate_on") == "eval" else \
         f"cal-pool{int(splits.get('calibration_size_requested', 1000))}"
 
@@ -103,13 +104,13 @@ def _examine(run: Run, legacy: Path, model: Model, gpus: int) -> Candidate:
 
     per_exit = methods.get(run.method).per_exit
     if per_exit:
-        records = [_json(p) for p in sorted((legacy / "members").glob("member_*.json"))]
+        records = [_json(p) for p in sorted(legacy.glob(layout.MEMBER_METRICS.format(k="*")))]
         if len(records) != len(run.identity["exit_layers"]) or any(r is None for r in records):
             return no("its MM members' training records are incomplete (not a finished run)")
     else:
-        records = [_json(legacy / "train_metrics.json")]
+        records = [_json(legacy / layout.TRAIN_METRICS)]
         if records[0] is None:
-            return no("no readable train_metrics.json (not a finished run)")
+            return no(f"no readable {layout.TRAIN_METRICS} (not a finished run)")
     model_type = model.model_type_offline
     if not per_exit and model_type in HEAD_CHANGED_ARCHITECTURES:
         return no(f"trained with the exit head sweet used before for {model_type} (BERT's tanh pooler); exits are "
@@ -153,7 +154,7 @@ def _move(c: Candidate, root: Path) -> None:
     target = root / run.dir
     calibrated = target / c.calibration
     calibrated.mkdir(parents=True, exist_ok=True)
-    splits_path = legacy / "splits.json"
+    splits_path = legacy / layout.SPLITS
     splits = _json(splits_path) or {}
     stamp = splits_path.stat() if splits_path.exists() else None
     meta = run.meta()
@@ -161,8 +162,8 @@ def _move(c: Candidate, root: Path) -> None:
     # The two halves of the old splits.json: training ids (a training input) and the calibration split.
     train_part = {k: splits[k] for k in ("task", "budget", "seed", "pool_size", "train_ids") if k in splits}
     calib_part = {k: v for k, v in splits.items() if k != "train_ids"}
-    _write_json(target / "splits.json", train_part, stamp)
-    _write_json(calibrated / "calibration.json", calib_part, stamp)
+    _write_json(target / layout.SPLITS, train_part, stamp)
+    _write_json(calibrated / layout.CALIBRATION_SPLIT, calib_part, stamp)
     _write_json(target / RUN_JSON, run.record(), stamp)
     splits_path.unlink(missing_ok=True)
     for name in TRAINING_FILES:
@@ -175,7 +176,7 @@ def _move(c: Candidate, root: Path) -> None:
         path = (calibrated if name in CALIBRATED_FILES else target) / name
         if path.is_file():
             _add_columns(path, training_meta if path.parent == target else {**training_meta, "calibration": c.calibration})
-    metrics = target / "train_metrics.json"
+    metrics = target / layout.TRAIN_METRICS
     if metrics.is_file():
         record = json.loads(metrics.read_text())
         record = {"run_id": run.run_id, "settings": run.settings, "identity": run.identity, **record}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweet.methods import METHODS
+from sweet.plan import layout
 from sweet.plan.layout import (
     grid_runs,
     legacy_dir_of,
@@ -29,19 +30,19 @@ from sweet.plan.layout import (
     training_dir,
 )
 
-FINAL_FILES = ("curves.csv", "individual_exits.csv")  # a run is finished when both exist
+FINAL_FILES = (layout.CURVES, layout.EXITS)  # a run is finished when both exist
 # A run's steps in workflow order, with the file each leaves in the run folder (None: nothing that lasts; MM's
 # combined model/ is deleted once evaluated). MM trains members instead of one model, EE/SWEET need no combine.
 STEPS: tuple[tuple[str, str | None], ...] = (
-    ("split", "splits.json"),
-    ("train", "train_metrics.json"),
-    ("train_member", "members"),
+    ("split", layout.SPLITS),
+    ("train", layout.TRAIN_METRICS),
+    ("train_member", layout.MEMBERS),
     ("combine", None),
-    ("calibration_split", "calibration.json"),
-    ("calibrate", "temperatures.json"),
-    ("evaluate", "logits.npz"),
-    ("curves", "curves.csv"),
-    ("operating_points", "operating_points.csv"),
+    ("calibration_split", layout.CALIBRATION_SPLIT),
+    ("calibrate", layout.TEMPERATURES),
+    ("evaluate", layout.LOGITS),
+    ("curves", layout.CURVES),
+    ("operating_points", layout.OPERATING_POINTS),
 )
 CALIBRATED_STEPS = ("calibration_split", "calibrate", "evaluate", "curves", "operating_points")  # their files: the calibrated folder
 # From the registry's layouts: a per-exit method (MM) trains members and combines them, never one model; a joint
@@ -149,7 +150,7 @@ def runs_fingerprint(runs: list[tuple[str, str]], logs_root: str | Path | None =
         status = run_status(run, logs_root, expected_id)
         digest.update(f"{run}\t{status.status}\t{status.step}\t{status.detail}\n".encode())
         if status.finished:
-            for name in (*FINAL_FILES, "gradient_conflict.csv"):
+            for name in (*FINAL_FILES, layout.GRADIENT_CONFLICT):
                 path = run_file(run, name)
                 if path.is_file():
                     stat = path.stat()

@@ -16,7 +16,8 @@ import pandas as pd
 
 from sweet import methods as method_registry
 from sweet.errors import UserError
-from sweet.plan.layout import LATENCY_FILE, is_calibrated, run_fields, run_file, training_dir
+from sweet.plan import layout
+from sweet.plan.layout import is_calibrated, run_fields, run_file, training_dir
 from sweet.plan.status import RunStatus, run_status
 
 RUN_KEYS = ["task", "model", "budget", "method", "seed"]
@@ -132,8 +133,8 @@ def discover_runs(root: str | Path) -> list[Path]:
     """Run folders under ``root``: every calibrated folder (``cal-…``, or any folder holding a run's curves), and
     every started run (its ``splits.json``) that has none yet."""
     root = Path(root)
-    found = {p.parent for name in ("curves.csv", "individual_exits.csv", "calibration.json") for p in root.rglob(name)}
-    trained = {p.parent for p in root.rglob("splits.json")}
+    found = {p.parent for name in (layout.CURVES, layout.EXITS, layout.CALIBRATION_SPLIT) for p in root.rglob(name)}
+    trained = {p.parent for p in root.rglob(layout.SPLITS)}
     found |= {run for run in trained if run not in found and not any(f.parent == run for f in found)}
     return sorted(found, key=str)
 
@@ -163,13 +164,13 @@ def collect(
         status = run_status(run, logs_root, expected.get(run.as_posix()))
         identity = _identity_from_path(run, model_names or {})
         if status.finished:
-            run_exits = _read_run_csv(run / "individual_exits.csv", EXIT_COLUMNS)
-            curves.append(_read_run_csv(run / "curves.csv", CURVE_COLUMNS))
+            run_exits = _read_run_csv(run / layout.EXITS, EXIT_COLUMNS)
+            curves.append(_read_run_csv(run / layout.CURVES, CURVE_COLUMNS))
             exits.append(run_exits)
-            conflict_path = run_file(run, "gradient_conflict.csv")
+            conflict_path = run_file(run, layout.GRADIENT_CONFLICT)
             if conflict_path.is_file():
                 conflicts.append(_read_run_csv(conflict_path, CONFLICT_COLUMNS))
-            for name, found in (("operating_points.csv", points), ("risk_control.csv", risks)):
+            for name, found in ((layout.OPERATING_POINTS, points), (layout.RISK_CONTROL, risks)):
                 if (run / name).is_file():
                     found.append(_read_run_csv(run / name, OPERATING_POINT_COLUMNS if found is points
                                                else RISK_CONTROL_COLUMNS))
@@ -177,15 +178,15 @@ def collect(
                 identity.update({k: run_exits[k].iloc[0] for k in [*RUN_KEYS, *SETTINGS_KEYS]
                                  if k in run_exits.columns})
             losses.append(training_loss_rows(run, {k: identity[k] for k in [*RUN_KEYS, "run_id"]}))
-            if (run / LATENCY_FILE).is_file():
-                latency = _read_run_csv(run / LATENCY_FILE, LATENCY_RUN_COLUMNS)
+            if (run / layout.LATENCY).is_file():
+                latency = _read_run_csv(run / layout.LATENCY, LATENCY_RUN_COLUMNS)
                 latencies.append(latency.assign(**{k: identity[k] for k in RUN_KEYS})[LATENCY_COLUMNS])
             stages.append(training_stage_rows(run, {k: identity[k] for k in [*RUN_KEYS, "run_id"]}))
         statuses.append(_status_row(run, status, identity))
     curves_df = _concat(curves, CURVE_COLUMNS)
     exits_df = _concat(exits, EXIT_COLUMNS)
     conflict_df = _concat(conflicts, CONFLICT_COLUMNS)
-    _check_unique(exits_df, [*RUN_KEYS, "exit"], "individual_exits.csv")
+    _check_unique(exits_df, [*RUN_KEYS, "exit"], layout.EXITS)
     if not conflict_df.empty:
         conflict_df["other"] = conflict_df["other"].astype(str).str.replace(r"\.0$", "", regex=True)
     runs_df = pd.DataFrame(statuses, columns=RUN_COLUMNS) if statuses else empty_frame(RUN_COLUMNS)
@@ -211,14 +212,14 @@ def training_loss_rows(run: str | Path, meta: dict) -> pd.DataFrame:
     EE/SWEET: the run's ``train_metrics.json``; MM: ``members/member_<k>.json``, whose single exit is the model's
     exit k. A run without a training record (hand-made, or copied without it) has no rows.
     """
-    members = sorted((training_dir(run) / "members").glob("member_*.json"), key=_member_index)
+    members = sorted(training_dir(run).glob(layout.MEMBER_METRICS.format(k="*")), key=_member_index)
     rows = []
     if members:
         for path in members:
             record = _read_record(path)
             rows += _loss_rows(record, meta, member=int(record.get("member") or _member_index(path)))
-    elif run_file(run, "train_metrics.json").is_file():
-        rows = _loss_rows(_read_record(run_file(run, "train_metrics.json")), meta)
+    elif run_file(run, layout.TRAIN_METRICS).is_file():
+        rows = _loss_rows(_read_record(run_file(run, layout.TRAIN_METRICS)), meta)
     return pd.DataFrame(rows, columns=TRAINING_LOSS_COLUMNS) if rows else empty_frame(TRAINING_LOSS_COLUMNS)
 
 
@@ -226,9 +227,9 @@ def training_stage_rows(run: str | Path, meta: dict) -> pd.DataFrame:
     """One row per training stage of a multi-stage run: the first and last logged step of its entries (their
     ``stage`` key; ``sweet.train`` continues the step axis across stages). Single-stage runs have no rows."""
     rows: list[dict] = []
-    if run_file(run, "train_metrics.json").is_file():
+    if run_file(run, layout.TRAIN_METRICS).is_file():
         spans: dict[str, list[int]] = {}
-        for entry in _read_record(run_file(run, "train_metrics.json")).get("log_history") or []:
+        for entry in _read_record(run_file(run, layout.TRAIN_METRICS)).get("log_history") or []:
             if "step" in entry and entry.get("stage"):
                 spans.setdefault(str(entry["stage"]), []).append(int(entry["step"]))
         rows = [{**meta, "stage_index": i, "stage": name, "step_min": min(steps), "step_max": max(steps)}
@@ -322,7 +323,7 @@ def _status_row(run: Path, status: RunStatus, identity: dict) -> dict:
 
 def _training_record(run: Path) -> dict:
     """The run's training record (MM: its first member's): library versions, git commit, backbone revision."""
-    for record in (run_file(run, "train_metrics.json"), training_dir(run) / "members" / "member_1.json"):
+    for record in (run_file(run, layout.TRAIN_METRICS), training_dir(run) / layout.MEMBER_METRICS.format(k=1)):
         if record.is_file():
             try:
                 return json.loads(record.read_text())
@@ -361,7 +362,7 @@ def common_target_rows(collected: Collected, settings: CommonTargetSettings) -> 
     loaded: dict[tuple, tuple[dict, dict]] = {}
     for _, run in finished.iterrows():
         folder = Path(run["run"])
-        files = run_file(folder, "calibration_logits.npz"), run_file(folder, "logits.npz")
+        files = run_file(folder, layout.CALIBRATION_LOGITS), run_file(folder, layout.LOGITS)
         if not all(f.is_file() for f in files):
             continue
         calibration, evaluation = (load_logits(f) for f in files)

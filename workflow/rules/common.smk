@@ -15,10 +15,10 @@ import re
 import shlex
 
 from sweet import methods as method_registry  # `methods` is run_files' argument
+from sweet.plan import layout  # layout.<FILE>: the names of the files inside a run
 from sweet.plan.layout import (
     CALIBRATED_PATTERN,
     DATA_PATTERN,
-    LATENCY_FILE,
     RUN_PATTERN,
     benchmark_pattern,
     data_dir,
@@ -207,9 +207,9 @@ def model_inputs(wildcards):
     """The trained model a run's calibration and evaluation read: one folder, or MM's members + config."""
     run = run_of(wildcards).dir
     if not method_registry.get(wildcards.method).per_exit:
-        return [f"{run}/model"]
-    members = [f"{run}/model/member_{k}" for k in range(1, len(model_of(wildcards).exit_layers) + 1)]
-    return [f"{run}/model/sweet_config.json", *members]
+        return [f"{run}/{layout.MODEL}"]
+    members = [f"{run}/{layout.MEMBER_MODEL.format(k=k)}" for k in range(1, len(model_of(wildcards).exit_layers) + 1)]
+    return [f"{run}/{layout.SWEET_CONFIG}", *members]
 
 
 def member_dirs(wildcards):
@@ -217,7 +217,7 @@ def member_dirs(wildcards):
 
 
 def model_dir(wildcards):
-    return f"{run_of(wildcards).dir}/model"
+    return f"{run_of(wildcards).dir}/{layout.MODEL}"
 
 
 def checkpoint_dir(wildcards):
@@ -339,4 +339,4 @@ def latency_settings(grid=None):
 
 def latency_files():
     """Every run's latency.csv when the grid being run asks for latency; none otherwise."""
-    return run_files(LATENCY_FILE) if latency_settings() else []
+    return run_files(layout.LATENCY) if latency_settings() else []

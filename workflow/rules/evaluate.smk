@@ -15,9 +15,9 @@ rule evaluate:
     input:
         model=model_inputs,
         task_dir=task_dir,
-        temperatures=f"{CAL}/temperatures.json",
+        temperatures=f"{CAL}/{layout.TEMPERATURES}",
     output:
-        f"{CAL}/logits.npz",
+        f"{CAL}/{layout.LOGITS}",
     params:
         model=model_dir,
         batch=EVAL_BATCH,
@@ -43,11 +43,11 @@ rule evaluate:
 rule curves:
     """Speed–accuracy curves of every exit rule over the threshold grids, and each exit's own score."""
     input:
-        logits=f"{CAL}/logits.npz",
+        logits=f"{CAL}/{layout.LOGITS}",
         task_dir=task_dir,
     output:
-        curves=f"{CAL}/curves.csv",
-        exits=f"{CAL}/individual_exits.csv",
+        curves=f"{CAL}/{layout.CURVES}",
+        exits=f"{CAL}/{layout.EXITS}",
     params:
         meta=meta_args,
         thresholds=config.get("thresholds", 11),
@@ -67,12 +67,12 @@ rule operating_points:
     """Held-out operating points (a threshold per target speedup chosen on the calibration split, scored on the
     evaluation split) and risk-controlled thresholds, from the two splits' stored logits (cheap: no model)."""
     input:
-        calibration=f"{CAL}/calibration_logits.npz",
-        logits=f"{CAL}/logits.npz",
+        calibration=f"{CAL}/{layout.CALIBRATION_LOGITS}",
+        logits=f"{CAL}/{layout.LOGITS}",
         task_dir=task_dir,
     output:
-        points=f"{CAL}/operating_points.csv",
-        risk=f"{CAL}/risk_control.csv",
+        points=f"{CAL}/{layout.OPERATING_POINTS}",
+        risk=f"{CAL}/{layout.RISK_CONTROL}",
     params:
         meta=meta_args,
         thresholds=config.get("thresholds", 11),
@@ -105,11 +105,11 @@ rule latency:
     input:
         model=model_inputs,
         task_dir=task_dir,
-        temperatures=f"{CAL}/temperatures.json",
-        points=f"{CAL}/operating_points.csv",
-        risk=f"{CAL}/risk_control.csv",
+        temperatures=f"{CAL}/{layout.TEMPERATURES}",
+        points=f"{CAL}/{layout.OPERATING_POINTS}",
+        risk=f"{CAL}/{layout.RISK_CONTROL}",
     output:
-        f"{CAL}/{LATENCY_FILE}",
+        f"{CAL}/{layout.LATENCY}",
     params:
         model=model_dir,
         run=lambda wildcards, output: str(Path(output[0]).parent),

@@ -44,8 +44,8 @@ def export_run_dir(wildcards):
     return export_run(wildcards).calibrated_dir
 
 
-POLICY_TABLES = {"held-out": ("operating_points", "operating_points.csv"),
-                 "risk-control": ("risk_control", "risk_control.csv")}
+POLICY_TABLES = {"held-out": ("operating_points", layout.OPERATING_POINTS),
+                 "risk-control": ("risk_control", layout.RISK_CONTROL)}
 
 
 def export_inputs(wildcards):
@@ -56,14 +56,14 @@ def export_inputs(wildcards):
     run = export_run(wildcards).calibrated_dir
     model = model_inputs(run_wildcards)
     folder = f"results/{wildcards.grid}/classifiers/{wildcards.name}"
-    if (not Path(model[0]).exists() and Path(f"{run}/logits.npz").is_file()
+    if (not Path(model[0]).exists() and Path(f"{run}/{layout.LOGITS}").is_file()
             and existing_request(folder) != export_request_json(entry)):
         print(f"error: grids.{wildcards.grid}.exports.{wildcards.name}: run {run} finished and its trained model was "
               "deleted (keep_checkpoints: false), so exporting it would retrain it; list exports before their runs "
               "train (the workflow then keeps each model until it is exported), or delete the run folder to retrain "
               "it on purpose", file=sys.stderr)
         sys.exit(1)
-    inputs = {"model": model, "logits": f"{run}/logits.npz", "temperatures": f"{run}/temperatures.json",
+    inputs = {"model": model, "logits": f"{run}/{layout.LOGITS}", "temperatures": f"{run}/{layout.TEMPERATURES}",
               "task_dir": task_dir(run_wildcards)}
     if entry["policy"] in POLICY_TABLES:
         key, name = POLICY_TABLES[entry["policy"]]

@@ -45,8 +45,8 @@ def table_inputs(wildcards):
     """Build mode: every run's files (so missing runs are made first); draw mode: none."""
     if draws_finished_runs(wildcards.grid):
         return []
-    return [*run_files("curves.csv"), *run_files("individual_exits.csv"),
-            *run_files("gradient_conflict.csv", methods=method_registry.names("joint"), calibrated=False),
+    return [*run_files(layout.CURVES), *run_files(layout.EXITS),
+            *run_files(layout.GRADIENT_CONFLICT, methods=method_registry.names("joint"), calibrated=False),
             *operating_point_files(), *latency_files()]
 
 
@@ -56,9 +56,9 @@ def operating_point_files():
     files = []
     for run in run_dirs():
         folder = Path(run.calibrated_dir)
-        if (folder / "curves.csv").is_file() and not (folder / "calibration_logits.npz").is_file():
+        if (folder / layout.CURVES).is_file() and not (folder / layout.CALIBRATION_LOGITS).is_file():
             continue
-        files += [f"{folder}/operating_points.csv", f"{folder}/risk_control.csv"]
+        files += [f"{folder}/{layout.OPERATING_POINTS}", f"{folder}/{layout.RISK_CONTROL}"]
     return files
 
 

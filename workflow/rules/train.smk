@@ -14,8 +14,8 @@ rule split:
     input:
         task_dir,
     output:
-        splits=f"{RUN}/splits.json",
-        record=f"{RUN}/run.json",
+        splits=f"{RUN}/{layout.SPLITS}",
+        record=f"{RUN}/{layout.RUN_JSON}",
     params:
         record=run_record,
     log:
@@ -34,7 +34,7 @@ rule calibration_split:
     input:
         task_dir,
     output:
-        f"{CAL}/calibration.json",
+        f"{CAL}/{layout.CALIBRATION_SPLIT}",
     params:
         calibration=calibration_args,
     log:
@@ -55,13 +55,13 @@ rule train:
     checkpoints when rerun."""
     input:
         task_dir=task_dir,
-        splits=f"{RUN}/splits.json",
-        record=f"{RUN}/run.json",
+        splits=f"{RUN}/{layout.SPLITS}",
+        record=f"{RUN}/{layout.RUN_JSON}",
         backbone=backbone_input,
     output:
-        model=maybe_temp(directory(f"{RUN}/model")),
-        metrics=f"{RUN}/train_metrics.json",
-        conflict=f"{RUN}/gradient_conflict.csv",
+        model=maybe_temp(directory(f"{RUN}/{layout.MODEL}")),
+        metrics=f"{RUN}/{layout.TRAIN_METRICS}",
+        conflict=f"{RUN}/{layout.GRADIENT_CONFLICT}",
     wildcard_constraints:
         method=JOINT_PATTERN,
     params:
@@ -100,12 +100,12 @@ rule train_member:
     fine-tuned on its own."""
     input:
         task_dir=task_dir,
-        splits=f"{RUN}/splits.json",
-        record=f"{RUN}/run.json",
+        splits=f"{RUN}/{layout.SPLITS}",
+        record=f"{RUN}/{layout.RUN_JSON}",
         backbone=backbone_input,
     output:
-        model=maybe_temp(directory(f"{RUN}/model/member_{{k}}")),
-        metrics=f"{RUN}/members/member_{{k}}.json",
+        model=maybe_temp(directory(f"{RUN}/{layout.MEMBER_MODEL}")),
+        metrics=f"{RUN}/{layout.MEMBER_METRICS}",
     wildcard_constraints:
         method=PER_EXIT_PATTERN,
     params:
@@ -144,7 +144,7 @@ rule combine:
     input:
         member_dirs,
     output:
-        maybe_temp(f"{RUN}/model/sweet_config.json"),
+        maybe_temp(f"{RUN}/{layout.SWEET_CONFIG}"),
     wildcard_constraints:
         method=PER_EXIT_PATTERN,
     log:
@@ -161,12 +161,12 @@ rule calibrate:
     input:
         model=model_inputs,
         task_dir=task_dir,
-        calibration=f"{CAL}/calibration.json",
+        calibration=f"{CAL}/{layout.CALIBRATION_SPLIT}",
     output:
-        temperatures=f"{CAL}/temperatures.json",
+        temperatures=f"{CAL}/{layout.TEMPERATURES}",
         # the calibration split's per-exit logits (logits.npz's format): held-out operating points and
         # risk-controlled thresholds are chosen on these, never on the evaluation set
-        logits=f"{CAL}/calibration_logits.npz",
+        logits=f"{CAL}/{layout.CALIBRATION_LOGITS}",
     params:
         model=model_dir,
         batch=EVAL_BATCH,
