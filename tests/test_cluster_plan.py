@@ -24,7 +24,7 @@ from sweet.plan.estimates import parameter_count
 from sweet.plan.settings import KNOWN_BACKBONES, Model
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_RULES = {"train", "train_member", "calibrate", "evaluate"}
+GPU_RULES = {"train", "train_member", "calibrate", "evaluate", "latency"}  # latency: opt-in, in the evaluate job
 LOCAL_RULES = {"split", "combine", "curves", "operating_points", "prepare", "init_backbone", "fetch_backbone", "aggregate", "all"}
 OVERLAY = """\
 grid: reviews
@@ -92,7 +92,7 @@ def test_paper_grid_under_the_profile_asks_every_compute_job_for_a_gpu(tmp_path:
     result = plan(tmp_path, "--profile", "slurm", "--config", "grid=paper")
     jobs = assert_cluster_plan(result, gpus=1, max_minutes=1440)
     counts = {rule: sum(r == rule for r, _ in jobs) for rule in GPU_RULES}
-    assert counts == {"train": 96, "train_member": 192, "calibrate": 144, "evaluate": 144}
+    assert counts == {"train": 96, "train_member": 192, "calibrate": 144, "evaluate": 144, "latency": 0}
     assert "this grid submits 432 jobs: 96 train, 192 train_member" in result.stderr
     assert "fetch_backbone" in result.stdout  # hub backbones are fetched on the submit host, once each
     assert sum(rule == "fetch_backbone" for rule, _ in jobs) == 4
@@ -147,7 +147,8 @@ def test_without_a_profile_nothing_asks_for_a_gpu(tmp_path: Path) -> None:
 
 
 def test_only_training_calibration_and_evaluation_are_submitted() -> None:
-    """Every other rule is local (the `localrules:` list or `localrule: True`): cheap, or needs the network."""
+    """Every other rule is local (the `localrules:` list or `localrule: True`): cheap, or needs the network. (The
+    opt-in latency step is submitted inside its run's evaluation job: test_workflow_dryrun.)"""
     sources = [ROOT / "workflow" / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
     text = "\n".join(path.read_text() for path in sources)
     rules = dict(re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, re.M | re.S))
