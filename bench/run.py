@@ -42,7 +42,7 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
     if group == "curve":
         from curve_eval import bench_curve_eval
 
-        return bench_curve_eval(n_examples=1000 if quick else 2000, n_sub101=30 if quick else 150,
+        return bench_curve_eval(n_examples=400 if quick else 2000, n_sub101=30 if quick else 150,
                                 project_reps=2 if quick else 5)
     if group == "early_exit":
         from early_exit import bench_early_exit
@@ -55,7 +55,7 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
     if group == "gpu":
         from gpu import bench_gpu
 
-        return bench_gpu(n_bs1=40 if quick else 300, n_bs32=128 if quick else 640, reps=3 if quick else 5)
+        return bench_gpu(n_bs1=20 if quick else 300, n_bs32=64 if quick else 640, reps=3 if quick else 5)
     if group == "train_ops":
         from train_ops import bench_train_ops
 
@@ -63,7 +63,7 @@ def run_group(group: str, quick: bool, keep_demo: Path | None = None) -> list[Ro
     if group == "train":
         from train_step import bench_train_step
 
-        return bench_train_step(min_rounds=3 if quick else 8, max_seconds=240 if quick else 1200)
+        return bench_train_step(min_rounds=3 if quick else 8, max_seconds=150 if quick else 1200)
     if group == "dryrun":
         from workflow_bench import bench_dryrun
 
