@@ -403,19 +403,19 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # one parser each for lists of speedups (the tables' and the operating points') and for JSON arguments
-    from sweet.reporting.cli import _json_arg, _speedups_arg, add_cli
+    from sweet.reporting.cli import _speedups_arg, add_cli, json_arg
 
     parser = _OneLineParser(prog="python -m sweet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     p = sub.add_parser("prepare", help="validate a task's data and write results/data/<task>/")
     p.add_argument("--task", required=True, help="task name (a key of the config's tasks:)")
-    p.add_argument("--task-spec", type=_json_arg, required=True, help="the task's config mapping as JSON (or @file)")
+    p.add_argument("--task-spec", type=json_arg, required=True, help="the task's config mapping as JSON (or @file)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("init-backbone", help="a randomly initialised backbone folder from an inline config")
-    p.add_argument("--model-spec", type=_json_arg, required=True, help="JSON: model_type, sizes, tokenizer, seed")
+    p.add_argument("--model-spec", type=json_arg, required=True, help="JSON: model_type, sizes, tokenizer, seed")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_init_backbone)
 
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pool: unused training examples (default); eval: the reference's protocol (biased)")
     p.add_argument("--out", help=f"the training subset ({layout.SPLITS})")
     p.add_argument("--calibration-out", help=f"the calibration split ({layout.CALIBRATION_SPLIT})")
-    p.add_argument("--run-record", type=_json_arg, help="the run's identity record (JSON), written to --run-record-out")
+    p.add_argument("--run-record", type=json_arg, help="the run's identity record (JSON), written to --run-record-out")
     p.add_argument("--run-record-out", help=f"{layout.RUN_JSON} to write")
     p.set_defaults(func=cmd_split)
 
@@ -445,13 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="local folder or hub id")
     p.add_argument("--exit-layers", type=_layers_arg, required=True, help="1-based, e.g. 1,4,6,12")
     p.add_argument("--method", choices=methods.names(), required=True, help="a method of sweet.methods")
-    p.add_argument("--method-options", type=_json_arg, default={},
+    p.add_argument("--method-options", type=json_arg, default={},
                    help="the method's options as JSON, e.g. '{\"separation\": 0.25}' (default: the --run-record's, "
                    "else the method's defaults)")
     p.add_argument("--member", type=int, help="a per-exit method (MM): which member (1-based) to train")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--pooling", choices=POOLINGS, help=POOLING_HELP)
-    p.add_argument("--train-spec", type=_json_arg, default={}, help="training options as JSON (see TrainSpec)")
+    p.add_argument("--train-spec", type=json_arg, default={}, help="training options as JSON (see TrainSpec)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--metrics", required=True, help="training record (JSON) to write")
     p.add_argument("--gradient-conflict-out", help="CSV of the gradient-conflict probe (EE with the probe on)")
@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", type=int, default=101, help="points of the dense grid (as `curves`)")
     p.add_argument("--targets", type=_speedups_arg, default=[1.5, 2.0, 3.0],
                    help="target speedups of the held-out operating points (default 1.5,2,3)")
-    p.add_argument("--risk-control", type=_json_arg, default={},
+    p.add_argument("--risk-control", type=json_arg, default={},
                    help="JSON: enabled, risks (disagreement, accuracy-drop, error), epsilons, delta (config "
                         "risk_control:; error_offsets is for `aggregate`)")
     p.add_argument("--out", required=True, help=layout.OPERATING_POINTS)
@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True)
     p.add_argument("--exit-layers", type=_layers_arg, required=True)
     p.add_argument("--method", choices=methods.names("joint"), required=True)
-    p.add_argument("--method-options", type=_json_arg, default={}, help="the method's options as JSON")
+    p.add_argument("--method-options", type=json_arg, default={}, help="the method's options as JSON")
     p.add_argument("--num-labels", type=int, default=2)
     p.add_argument("--shared-pooler", action="store_true")
     p.add_argument("--pooling", choices=POOLINGS, help=POOLING_HELP)

@@ -17,16 +17,6 @@ from sweet.plan.settings import merged_training, slug
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def shipped() -> dict:
-    return load_config_file(ROOT / "config.yaml")
-
-
-@pytest.fixture
-def config(shipped: dict) -> dict:
-    return copy.deepcopy(shipped)
-
-
 def refused(config: dict, *fragments: str, base: Path = ROOT) -> str:
     with pytest.raises(UserError) as info:
         validate(config, base_dir=base)

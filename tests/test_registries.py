@@ -7,7 +7,6 @@ policy, and the code that acts on it. Nothing here trains or downloads.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -20,22 +19,12 @@ from sweet.backbones import BACKBONES
 from sweet.cli import build_parser, main
 from sweet.errors import UserError
 from sweet.exits import EXIT_RULES, ExitRule
-from sweet.plan.config import load_config_file, load_schema, validate
+from sweet.plan.config import load_schema, validate
 from sweet.plan.export_policy import PolicyRequest, check_exports
 from sweet.tasks import TASK_SOURCES, TaskSource
 
 ROOT = Path(__file__).resolve().parents[1]
 THROWAWAY = "throwaway"
-
-
-@pytest.fixture(scope="module")
-def shipped() -> dict:
-    return load_config_file(ROOT / "config.yaml")
-
-
-@pytest.fixture
-def config(shipped: dict) -> dict:
-    return copy.deepcopy(shipped)
 
 
 def _choices(argv: list[str], flag: str) -> list[str]:

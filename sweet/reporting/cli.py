@@ -16,7 +16,7 @@ from sweet.reporting.collect import CommonTargetSettings, discover_runs
 from sweet.reporting.statistics import DEFAULT_SPEEDUPS, METHOD_TARGETS
 
 
-def _json_arg(value: str) -> dict:
+def json_arg(value: str) -> dict:
     """A JSON object given inline or as @path."""
     text = Path(value[1:]).read_text() if value.startswith("@") else value
     try:
@@ -128,7 +128,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``aggregate``, ``figures`` and ``report`` subcommands on the CLI's subparsers."""
     p = subparsers.add_parser("aggregate", help="a grid's tables and claims from per-run CSVs (results/<grid>/tables/)")
-    p.add_argument("--grid-spec", type=_json_arg,
+    p.add_argument("--grid-spec", type=json_arg,
                    help="the grid (JSON or @file, as sweet.plan.layout.grid_spec writes it): its runs are aggregated, "
                         "and runs without results are listed with the reason")
     p.add_argument("--results", default=RESULTS, help=f"where the grid's runs/ and logs/ are (default {RESULTS})")
@@ -143,10 +143,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", type=_speedups_arg, default=list(METHOD_TARGETS),
                    help="fixed speedups for methods.csv, every method against EE (default 1.5,2,3: the config's "
                         "operating_points.targets, which the workflow passes)")
-    p.add_argument("--claims", type=_json_arg,
+    p.add_argument("--claims", type=json_arg,
                    help="how claims are checked (JSON): exit_rule, fast_speedup, slow_speedup, margin, level, "
                         "operating_points (envelope | held-out)")
-    p.add_argument("--risk-control", type=_json_arg,
+    p.add_argument("--risk-control", type=json_arg,
                    help="the config's risk_control block (JSON): error_offsets and delta set the common error "
                         "target every method of a setting is held to (risk_control_common.csv); enabled: false "
                         "leaves that table empty")
