@@ -16,9 +16,10 @@ more between layers than calling them (DeBERTa-v2's convolution after layer 1) f
 the reason in ``SegmentedRunner.fallback_reason``. The embeddings and mask preparation run eagerly in that capture
 pass (a handful of kernels per batch): compiling them too would mean re-implementing each architecture's prefix.
 
-Rules on the device. ``TORCH_RULES`` mirrors ``sweet.exits.EXIT_RULES`` (same names, same comparisons, float64),
-carrying the one piece of state a rule has across exits (patience's streak and previous prediction) as tensors;
-``tests/test_compiled.py`` checks each against the numpy rule and the whole runner against the offline simulation.
+Rules on the device. Each exit rule of ``sweet.exits.EXIT_RULES`` carries its device version (``fires_device``: the
+same comparisons in float64, with patience's streak and previous prediction as tensors); a rule without one runs on
+the hook runner. ``tests/test_exits.py`` checks each against its numpy verdict, ``tests/test_compiled.py`` the whole
+runner against the offline simulation.
 
 Buckets. Batch sizes are padded up to 1, 2, 4, 8 and then multiples of 8 (capped at the batch size asked for) by
 repeating the last row, and sequence lengths up to a multiple of ``seq_multiple`` tokens with padding the attention mask hides, so a
@@ -54,58 +55,12 @@ from torch import nn
 from sweet.backbones import backbone_spec, first_layer_extra
 from sweet.batches import model_device, sorted_batches, to_device
 from sweet.errors import UserError
-from sweet.exits import ExitRule
+from sweet.exits import EXIT_RULES, ExitRule
 from sweet.infer import EarlyExitResult, _select_rows, early_exit
 from sweet.model import EarlyExitModel, StopForward, backbone_inputs
 from sweet.multimodel import MultiModel
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# ----------------------------------------------------------------------------------------------------------------
-# exit rules on the device: (probs [B, C] f64, lte [B] f64 | None, threshold 0-d f64, streak [B] int64,
-# previous prediction [B] int64, first exit?) → (fires [B] bool, streak [B] int64)
-TorchRule = Callable[
-    [torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, bool],
-    tuple[torch.Tensor, torch.Tensor],
-]
-
-
-def _t_confidence(probs, lte, threshold, streak, previous, first):
-    return probs.amax(dim=-1) >= threshold, streak
-
-
-def _t_entropy(probs, lte, threshold, streak, previous, first):
-    plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
-    return -plogp.sum(dim=-1) / math.log(probs.shape[-1]) <= threshold, streak
-
-
-def _t_softmax_diff(probs, lte, threshold, streak, previous, first):
-    top2 = probs.topk(2, dim=-1).values
-    return top2[:, 0] - top2[:, 1] >= threshold, streak
-
-
-def _t_patience(probs, lte, threshold, streak, previous, first):
-    if first:
-        streak = torch.zeros_like(streak)
-    else:
-        streak = torch.where(probs.argmax(dim=-1) == previous, streak + 1, torch.zeros_like(streak))
-    return streak >= threshold, streak
-
-
-def _t_learned(probs, lte, threshold, streak, previous, first):
-    if lte is None:
-        raise ValueError("the learned rule needs learned-to-exit scores (train with learned_exit)")
-    return lte >= threshold, streak
-
-
-TORCH_RULES: dict[str, TorchRule] = {
-    "confidence": _t_confidence,
-    "entropy": _t_entropy,
-    "patience": _t_patience,
-    "learned": _t_learned,
-    "softmax_diff": _t_softmax_diff,
-}
-
 
 def _decide(
     logits: torch.Tensor,
@@ -124,7 +79,8 @@ def _decide(
     scaled = scaled - scaled.amax(dim=-1, keepdim=True)
     exp = torch.exp(scaled)
     probs = exp / exp.sum(dim=-1, keepdim=True)
-    fires, streak = TORCH_RULES[rule](probs, None if lte is None else lte.double(), threshold, streak, previous, first)
+    fires_device = EXIT_RULES[rule].fires_device
+    fires, streak = fires_device(probs, None if lte is None else lte.double(), threshold, streak, previous, first)
     if last:
         fires = torch.ones_like(fires)
     prediction = logits.argmax(dim=-1)  # what the hook runner answers: the raw logits' argmax
@@ -349,10 +305,8 @@ class SegmentedRunner:
     def run(self, features: list[dict], rule: ExitRule, threshold: float, temperatures: np.ndarray,
             pad_token_id: int = 0) -> EarlyExitResult:
         batch_size = self.buckets.max_batch
-        if self.fallback_reason is not None:
+        if self.fallback_reason is not None or rule.fires_device is None:
             return early_exit(self.model, features, rule, threshold, temperatures, batch_size, pad_token_id)
-        if rule.name not in TORCH_RULES:
-            raise UserError(f"rule: '{rule.name}' has no device version in sweet.compiled.TORCH_RULES; add one")
         n = len(features)
         predictions = np.full(n, -1, dtype=np.int64)
         exits = np.full(n, -1, dtype=np.int64)

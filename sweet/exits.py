@@ -3,7 +3,11 @@
 Each rule is a *causal* decision: whether exit k fires may depend on exits 1..k only. The same function decides
 offline (on stored per-exit logits of the whole evaluation set, for every threshold at once) and online (in the
 real early-exit runner, on the exits computed so far), which is what makes the two provably agree. The last exit
-always answers. Adding a rule is one ``ExitRule`` entry in ``EXIT_RULES``.
+always answers. Adding a rule is one ``ExitRule`` entry in ``EXIT_RULES``: its numpy verdict and, for the compiled
+runner (``sweet.compiled``, which decides on the device inside each segment), the same verdict on torch tensors.
+
+The device versions use tensor methods only, so this module never imports torch: planning reads the registry's
+names without loading it (tests/test_plan_boundary.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +75,40 @@ def _patience_last(probs: np.ndarray, lte: np.ndarray | None, threshold: float) 
 
 LastFires = Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]
 
+# ----------------------------------------------------------------------------------------------------------------
+# The same rules on the device, one exit at a time (sweet.compiled runs them inside each compiled segment):
+# (probs [B, C] float64, lte [B] float64 | None, threshold 0-d float64, streak [B] int64, previous prediction [B]
+# int64, first exit?) → (fires [B] bool, streak). The streak and previous prediction are the one piece of state a
+# rule carries across exits (patience's); the others hand the streak on untouched. Same comparisons in float64 as
+# the numpy rules: tests/test_exits.py checks each against its numpy twin, exit by exit.
+DeviceFires = Callable[[Any, Any, Any, Any, Any, bool], tuple[Any, Any]]
+
+
+def _confidence_device(probs, lte, threshold, streak, previous, first):
+    return probs.amax(dim=-1) >= threshold, streak
+
+
+def _entropy_device(probs, lte, threshold, streak, previous, first):
+    plogp = (probs * probs.log()).where(probs > 0, 0.0)
+    return -plogp.sum(dim=-1) / math.log(probs.shape[-1]) <= threshold, streak
+
+
+def _softmax_diff_device(probs, lte, threshold, streak, previous, first):
+    top2 = probs.topk(2, dim=-1).values
+    return top2[:, 0] - top2[:, 1] >= threshold, streak
+
+
+def _patience_device(probs, lte, threshold, streak, previous, first):
+    streak = streak.new_zeros(streak.shape) if first else (streak + 1).where(probs.argmax(dim=-1) == previous, 0)
+    return streak >= threshold, streak
+
+
+def _learned_device(probs, lte, threshold, streak, previous, first):
+    if lte is None:
+        raise ValueError("the learned rule needs learned-to-exit scores (train with learned_exit)")
+    return lte >= threshold, streak
+
+
 
 def _per_exit(fires: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]) -> LastFires:
     """The last-exit decision of a rule whose verdict at exit k reads exit k alone: ``fires`` on that exit only."""
@@ -95,6 +134,9 @@ class ExitRule:
     # the earlier exits' work would be most of a decision's cost. Must equal ``fires(...)[-1]`` exactly
     # (tests/test_exits.py checks every rule on random inputs).
     fires_last: LastFires | None = None
+    # Optional: the verdict on the device (``DeviceFires`` above), for the compiled runner. A rule without one runs
+    # on the hook runner (sweet.infer) there, and measured latency skips it.
+    fires_device: DeviceFires | None = None
 
     def fires_at_last(self, probs: np.ndarray, lte: np.ndarray | None, threshold: float) -> np.ndarray:
         """Whether the rule fires at the last of the exits given (probs [K, N, C], lte [K, N]): bool [N]."""
@@ -117,16 +159,18 @@ def _patience_grid(num_labels: int, num_exits: int, n: int) -> np.ndarray:
 
 
 EXIT_RULES: dict[str, ExitRule] = {
-    "confidence": ExitRule("confidence", "confidence", _confidence, _prob_grid, fires_last=_per_exit(_confidence)),
+    "confidence": ExitRule("confidence", "confidence", _confidence, _prob_grid, fires_last=_per_exit(_confidence),
+                           fires_device=_confidence_device),
     # exits when entropy is LOW
     "entropy": ExitRule("entropy", "entropy", _entropy, _unit_grid, never_fires=-math.inf,
-                        fires_last=_per_exit(_entropy)),
-    "patience": ExitRule("patience", "patience", _patience, _patience_grid, fires_last=_patience_last),
+                        fires_last=_per_exit(_entropy), fires_device=_entropy_device),
+    "patience": ExitRule("patience", "patience", _patience, _patience_grid, fires_last=_patience_last,
+                         fires_device=_patience_device),
     "learned": ExitRule("learned", "learned-to-exit", _learned, _unit_grid, needs_lte=True,
-                        fires_last=_per_exit(_learned)),
+                        fires_last=_per_exit(_learned), fires_device=_learned_device),
     # top-1 − top-2 lies in [0, 1] for any number of classes
     "softmax_diff": ExitRule("softmax_diff", "softmax difference (CALM)", _softmax_diff, _unit_grid,
-                             fires_last=_per_exit(_softmax_diff)),
+                             fires_last=_per_exit(_softmax_diff), fires_device=_softmax_diff_device),
 }
 
 

@@ -3,8 +3,9 @@
 ``latency.csv`` (``sweet.plan.layout.LATENCY``, in the run's calibrated folder) has one row per timed policy
 × batch size: the compiled full model (``source`` = full) and each reached held-out operating point
 (operating_points.csv) and certified risk-controlled threshold (risk_control.csv) of an exit rule with a device
-version (``sweet.compiled.TORCH_RULES``). ``measured_speedup`` = full model's ms per example / the policy's;
-``theoretical_speedup`` is the layer-count speedup (``sweet.cost``) of the exits the policy took on the same examples.
+version (its ``sweet.exits.EXIT_RULES`` entry's ``fires_device``). ``measured_speedup`` = full model's ms per
+example / the policy's; ``theoretical_speedup`` is the layer-count speedup (``sweet.cost``) of the exits the policy
+took on the same examples.
 
 What is timed:
 
@@ -99,8 +100,6 @@ def full_model(model: nn.Module) -> nn.Module:
 
 def policies(points: pd.DataFrame | None, risk: pd.DataFrame | None) -> list[dict[str, Any]]:
     """(strategy, threshold, source, …) of every reached held-out point and certified risk-controlled threshold."""
-    from sweet.compiled import TORCH_RULES
-
     rows: list[dict[str, Any]] = []
     if points is not None and not points.empty:
         reached = points["reached"].astype(str).str.lower().isin(["true", "1"]) if "reached" in points else True
@@ -112,7 +111,7 @@ def policies(points: pd.DataFrame | None, risk: pd.DataFrame | None) -> list[dic
         for _, r in risk[certified & risk["threshold"].notna()].iterrows():
             rows.append({"strategy": r["strategy"], "threshold": float(r["threshold"]), "source": "risk-control",
                          "risk": r["risk"], "epsilon": float(r["epsilon"]), "target_speedup": math.nan})
-    return [r for r in rows if r["strategy"] in TORCH_RULES and r["strategy"] in EXIT_RULES]
+    return [r for r in rows if r["strategy"] in EXIT_RULES and EXIT_RULES[r["strategy"]].fires_device is not None]
 
 
 def _time(runner: Any, features: list[dict], rule: ExitRule, threshold: float, temperatures: np.ndarray,

@@ -2,12 +2,15 @@
 
 Plain segments (the segment logic run as Python) on every architecture and method family of ``test_infer``, every
 rule, batch sizes 1, 7 and 32; the same through dynamo with its cheap "eager" backend on BERT (EE and MM) and
-ModernBERT; inductor once (slow: compiling for real takes minutes on a shared CPU). The device rules equal the
-numpy ones; padding to a bucket changes nothing; rows that leave are compacted into the smaller bucket; a backbone
-the segments cannot follow falls back to the hook runner.
+ModernBERT; inductor once (slow: compiling for real takes minutes on a shared CPU). Padding to a bucket changes
+nothing; rows that leave are compacted into the smaller bucket; a backbone the segments cannot follow, and a rule
+without a device version, fall back to the hook runner. (Each rule's device version against its numpy verdict:
+tests/test_exits.py.)
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from test_infer import CASES, IDS, TEMPERATURES, N, _offline, _thresholds, build
 from tiny import backbone, pad_id, random_features
 
 from sweet import EarlyExitModel
-from sweet.compiled import TORCH_RULES, Buckets, SegmentedRunner, pad_to_bucket, resolve_precision
+from sweet.compiled import Buckets, SegmentedRunner, pad_to_bucket, resolve_precision
 from sweet.errors import UserError
 from sweet.evaluate import exit_logits
 from sweet.exits import EXIT_RULES, calibrated_probs
@@ -38,25 +41,6 @@ def _check(c: dict, rule_name: str, threshold: float, batch_size: int, compile: 
     probs = calibrated_probs(c["logits"], TEMPERATURES)[exits, np.arange(N)]
     np.testing.assert_allclose(result.probabilities, probs, atol=1e-5)
     return exits
-
-
-def test_every_rule_has_a_device_version_equal_to_the_numpy_rule():
-    assert set(TORCH_RULES) == set(EXIT_RULES)
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(4, 50, 3)) * 2
-    logits[:, :10] = logits[:1, :10]  # equal predictions at consecutive exits, so patience streaks grow
-    probs = calibrated_probs(logits)
-    lte = rng.uniform(size=(4, 50))
-    for name, rule in EXIT_RULES.items():
-        for threshold in [*rule.thresholds(3, 4, 7), 0.37, 1.5]:
-            expected = rule.fires(probs, lte, threshold)
-            streak = previous = torch.zeros(50, dtype=torch.int64)
-            for k in range(4):
-                p = torch.as_tensor(probs[k])
-                fires, streak = TORCH_RULES[name](p, torch.as_tensor(lte[k]), torch.tensor(threshold,
-                                                  dtype=torch.float64), streak, previous, k == 0)
-                previous = p.argmax(dim=-1)
-                assert fires.tolist() == expected[k].tolist(), (name, threshold, k)
 
 
 # DeBERTa-v2 with its layer-1 convolution falls back to the hook runner (test_backbone_with_work_between_layers…)
@@ -167,6 +151,19 @@ def test_backbone_with_work_between_layers_falls_back(tmp_path_factory):
     rule = EXIT_RULES["confidence"]
     out = runner.run(features, rule, 0.6, np.ones(2), pad_id("deberta-v2-conv"))
     ref = early_exit(model, features, rule, 0.6, np.ones(2), 4, pad_id("deberta-v2-conv"))
+    assert out.exits.tolist() == ref.exits.tolist() and out.predictions.tolist() == ref.predictions.tolist()
+
+
+def test_rule_without_a_device_version_runs_on_the_hook_runner(tmp_path_factory):
+    """A registry entry with only its numpy verdict (no ``fires_device``) still answers through the runner."""
+    torch.manual_seed(0)
+    model = EarlyExitModel.from_pretrained(backbone("bert", tmp_path_factory), num_labels=2, exit_layers=[1, 3]).eval()
+    features = random_features(6, 9, seed=4)
+    rule = dataclasses.replace(EXIT_RULES["confidence"], name="numpy-only", fires_device=None)
+    runner = SegmentedRunner(model, 4, False)
+    runner.segments.function = None  # the segments must not be called
+    out = runner.run(features, rule, 0.6, np.ones(2))
+    ref = early_exit(model, features, EXIT_RULES["confidence"], 0.6, np.ones(2), 4)
     assert out.exits.tolist() == ref.exits.tolist() and out.predictions.tolist() == ref.predictions.tolist()
 
 

@@ -374,3 +374,32 @@ def test_fires_at_last_equals_the_last_row_of_fires(name, num_labels):
 
 def test_every_rule_has_a_last_exit_decision():
     assert all(rule.fires_last is not None for rule in EXIT_RULES.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the compiled runner's device version (sweet.compiled decides inside each segment)
+@pytest.mark.parametrize("name", sorted(EXIT_RULES))
+@pytest.mark.parametrize("num_labels", [2, 3, 7])
+def test_device_version_equals_the_numpy_rule_exit_by_exit(name, num_labels):
+    """``fires_device`` on one exit at a time, carrying its streak and the previous calibrated prediction, gives
+    ``fires`` exactly, on the same sharp, flat and tied inputs as above."""
+    torch = pytest.importorskip("torch")
+    rule = EXIT_RULES[name]
+    assert rule.fires_device is not None
+    rng = np.random.default_rng([sorted(EXIT_RULES).index(name), num_labels, 1])
+    num_exits = 4
+    logits = rng.normal(size=(num_exits, 60, num_labels)) * rng.choice([0.1, 1.0, 8.0], size=(num_exits, 60, 1))
+    logits[:, :5] = 0.0
+    logits[:, 5:20] = logits[:1, 5:20]  # equal predictions at consecutive exits: patience's streaks grow
+    probs = calibrated_probs(logits, rng.uniform(0.5, 2.0, size=num_exits))
+    lte = rng.uniform(size=(num_exits, 60))
+    grid = rule.thresholds(num_labels, num_exits, 11)
+    for threshold in [*grid, *rng.uniform(grid.min(), grid.max(), size=5)]:
+        expected = rule.fires(probs, lte, threshold)
+        streak = previous = torch.zeros(60, dtype=torch.int64)
+        for k in range(num_exits):
+            p = torch.as_tensor(probs[k])
+            fires, streak = rule.fires_device(p, torch.as_tensor(lte[k]), torch.tensor(threshold, dtype=torch.float64),
+                                              streak, previous, k == 0)
+            previous = p.argmax(dim=-1)
+            assert fires.tolist() == expected[k].tolist(), (threshold, k)
