@@ -131,23 +131,26 @@ class StopForward(Exception):
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """One vector per example from hidden states [batch, seq, hidden]; padding is where ``attention_mask`` is 0.
 
-    "cls": the first non-padding token; "mean": the mean over non-padding tokens; "last": the last non-padding
-    token. With right padding (how `sweet` pads) "cls" is position 0, as in BERT's stock classifier.
+    "cls": the first token, as every stock classifier of an encoder takes it (BERT's pooler, RoBERTa's and
+    ELECTRA's heads, DeBERTa's ContextPooler, ModernBERT's "cls"): position 0 whatever the mask, which `sweet`'s
+    right padding makes the [CLS] token, so no exit spends a mask lookup and its scatter in backward on it (issue
+    25's operator counts). "mean": the mean over non-padding tokens; "last": the last non-padding token (right
+    or left padding).
     """
+    if pooling == "cls":
+        return hidden[:, 0]
     if attention_mask is None:
         if pooling == "mean":
             return hidden.mean(dim=1)
-        return hidden[:, 0] if pooling == "cls" else hidden[:, -1]
+        if pooling == "last":
+            return hidden[:, -1]
+        raise ValueError(f"unknown pooling {pooling!r}")
     if pooling == "mean":
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
-    present = attention_mask.bool()
-    if pooling == "cls":
-        position = present.int().argmax(dim=1)  # argmax returns the first maximum
-    elif pooling == "last":
-        position = hidden.shape[1] - 1 - present.flip(1).int().argmax(dim=1)
-    else:
+    if pooling != "last":
         raise ValueError(f"unknown pooling {pooling!r}")
+    position = hidden.shape[1] - 1 - attention_mask.bool().flip(1).int().argmax(dim=1)  # argmax: the first maximum
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
 
 
