@@ -5,8 +5,9 @@ theoretical (layer-count) speedup is closest to 1.5×, 2× and 3×, batch 1 and 
 round-robin on one device:
 
 - stock eager: the stock encoder's 12 layers and the last exit's head, one call per length-sorted batch, unpadded;
-- stock compiled (the anchor): the same function through ``torch.compile`` (CUDA: ``mode="reduce-overhead"``,
-  CUDA graphs), inputs padded to the compiled runner's buckets (CUDA graphs need static shapes);
+- stock compiled (the anchor): the same function through ``torch.compile`` as the runner compiles its segments
+  (``sweet.compiled.compile_settings``): on CUDA ``mode="reduce-overhead"`` (CUDA graphs), inputs padded to the
+  runner's buckets (CUDA graphs need static shapes); on a CPU inductor with dynamic shapes, unpadded;
 - hook runner: today's ``sweet.infer.early_exit``;
 - segments, eager: ``sweet.compiled.SegmentedRunner(compile=False)``, the segment logic as plain Python;
 - segments, compiled: ``SegmentedRunner(compile=True)`` (CUDA graphs on CUDA, inductor on a CPU).
@@ -14,8 +15,10 @@ round-robin on one device:
 Rows: ``gpu_*`` on CUDA (measured speedup against compiled stock / theoretical, and the exit-decision agreement
 of bf16 and fp16 with fp32); on a machine without CUDA they are NaN and say so, and the bench still succeeds.
 ``cpu_segments_*`` measure the same on the CPU against the faster of stock eager and the hook runner, as
-``early_exit.py`` does; compiling BERT-base segments with inductor on a CPU takes many minutes (one graph per
-segment and bucket), so the CPU's compiled configuration runs only with ``SWEET_BENCH_CPU_INDUCTOR=1``.
+``early_exit.py`` does; compiling BERT-base segments with inductor on a CPU takes minutes (dynamic shapes: per
+segment, four variants at batch 32, one at batch 1), so the CPU's compiled configurations run only with
+``SWEET_BENCH_CPU_INDUCTOR=1``; their rows ``cpu_compiled_*`` compare the compiled segments with the compiled stock
+model and with the hook runner.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _stock(model, feats: list[dict], batch_size: int, forward, buckets) -> None:
-    """The plain full forward per length-sorted batch, padded to the runner's buckets (static shapes)."""
+    """The plain full forward per length-sorted batch, padded to ``buckets`` (static ones: CUDA graphs)."""
     from sweet.batches import sorted_batches, to_device
     from sweet.compiled import pad_to_bucket
 
@@ -103,7 +106,7 @@ def _thresholds(model, feats):
 def _measure(model, device: torch.device, n_bs1: int, n_bs32: int, reps: int, compile_segments: bool,
              seed: int = 1) -> dict:
     """Per batch size: times per configuration, thresholds, theoretical speedups, float ties."""
-    from sweet.compiled import Buckets, SegmentedRunner
+    from sweet.compiled import SegmentedRunner, compile_settings
     from sweet.exits import EXIT_RULES
 
     texts, _ = sst2_sentences("dev")
@@ -112,16 +115,14 @@ def _measure(model, device: torch.device, n_bs1: int, n_bs32: int, reps: int, co
     for batch_size, n in ((1, n_bs1), (32, n_bs32)):
         feats = features([texts[i] for i in order[:n]])
         probs, chosen, theoretical = _thresholds(model, feats)
-        buckets = Buckets(batch_size)  # the compiled side's static shapes; the eager stock pass is not padded
-        plain = SegmentedRunner(model, batch_size, compile=False)
-        configs: dict = {"stock eager": (_stock, model, feats, batch_size, _full_forward(model),
-                                         Buckets(batch_size, static=False))}
+        plain = SegmentedRunner(model, batch_size, compile=False)  # unpadded
+        configs: dict = {"stock eager": (_stock, model, feats, batch_size, _full_forward(model), plain.buckets)}
         compiled = None
         if compile_segments:
-            settings = {"mode": "reduce-overhead"} if device.type == "cuda" else {"backend": "inductor"}
-            stock_compiled = torch.compile(_full_forward(model), dynamic=False, **settings)
-            configs["stock compiled"] = (_stock, model, feats, batch_size, stock_compiled, buckets)
             compiled = SegmentedRunner(model, batch_size, compile=True)
+            # the stock model compiled as the segments are, padded to the same shapes (none on a CPU)
+            stock_compiled = torch.compile(_full_forward(model), **compile_settings(True, device))
+            configs["stock compiled"] = (_stock, model, feats, batch_size, stock_compiled, compiled.buckets)
             lengths = [len(f["input_ids"]) for f in feats]
             warm = compiled.warm_up(lengths, EXIT_RULES["confidence"], np.ones(len(EXIT_LAYERS)))
             print(f"    batch {batch_size}: segments compiled in {warm:.0f} s", flush=True)
@@ -201,9 +202,18 @@ def bench_gpu(n_bs1: int, n_bs32: int, reps: int) -> list[Row]:
         rows.append(Row(f"cpu_segments_efficiency_bs{batch_size}", two["segments eager: efficiency"],
                         ">=0.85" if batch_size == 1 else ">=0.70", "ratio", detail, {"per_threshold": table}))
         if cpu_inductor:
+            compiled_stock = times["stock compiled"]
+            table = _table(result, compiled_stock, ("hook runner", "segments eager", "segments compiled"))
+            two = next(r for r in table if r["target"] == 2.0)
+            compiled_2x = times[("segments compiled", result["chosen"][1])]
             rows.append(Row(f"cpu_compiled_efficiency_bs{batch_size}", two["segments compiled: efficiency"],
                             ">=0.85" if batch_size == 1 else ">=0.70", "ratio",
-                            "segments through inductor, against stock eager (2x row)"))
+                            f"inductor segments against inductor stock ({compiled_stock:.2f} s; stock eager "
+                            f"{baseline:.2f} s), 2x row; compiled segments / hook runner time at 2x: "
+                            f"{compiled_2x / hook_2x:.2f}; N={result['n']}, median of {reps}",
+                            {"per_threshold": table}))
+            rows.append(Row(f"cpu_compiled_vs_hook_bs{batch_size}", hook_2x / compiled_2x, ">=1.0", "ratio",
+                            "hook runner time / compiled segments time at the 2x threshold (goal: at least as fast)"))
     gpu_ids = ("gpu_efficiency_bs1", "gpu_efficiency_bs32", "gpu_eager_efficiency_bs1", "gpu_eager_efficiency_bs32",
                "gpu_agreement_bf16", "gpu_agreement_fp16")
     if not torch.cuda.is_available():

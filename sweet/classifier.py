@@ -7,7 +7,8 @@ it, and its id), the temperature-scaled probabilities at the exit taken, and the
 
 ``compile``: "auto" (the default) runs the compiled segments of ``sweet.compiled`` on a GPU (CUDA graphs) and the
 hook runner elsewhere, where compiling costs more than it saves for a few calls; True / False force either. Each
-(batch, length) bucket is compiled the first time a call needs it (``warm_up_seconds`` adds up that time).
+shape is compiled the first time a call needs it (``warm_up_seconds`` adds up that time): on a GPU each (batch,
+length) bucket, on a CPU (dynamic shapes) batch 1 and the full batch once.
 ``precision``: fp32, or bf16 / fp16 on a GPU (the weights are cast once).
 """
 
@@ -71,7 +72,6 @@ class EarlyExitClassifier:
         self.precision = precision
         self.model.to(resolve_precision(precision, device))
         self._runners: dict[int, Any] = {}  # batch size → sweet.compiled.SegmentedRunner
-        self._warmed: set[tuple[int, int]] = set()  # (batch size, length bucket) compiled
         self.warm_up_seconds = 0.0  # compiling / capturing, summed over every bucket so far
         self.tokenizer = load_tokenizer(self.folder)
         self.exit_layers = [int(k) for k in self.model.exit_layers]
@@ -80,17 +80,14 @@ class EarlyExitClassifier:
                             "re-export")
 
     def _compiled_runner(self, features: list[dict], batch_size: int, pad: int) -> Any:
-        """The runner for ``batch_size``, with every bucket these features need compiled (once per bucket)."""
+        """The runner for ``batch_size``, with every shape these features need compiled (once per shape)."""
         from sweet.compiled import SegmentedRunner
 
         runner = self._runners.get(batch_size)
         if runner is None:
             runner = self._runners[batch_size] = SegmentedRunner(self.model, batch_size, compile=True)
-        lengths = {runner.buckets.seq(len(f["input_ids"])) for f in features}
-        new = sorted(length for length in lengths if (batch_size, length) not in self._warmed)
-        if new and runner.fallback_reason is None:
-            self.warm_up_seconds += runner.warm_up(new, self.rule, self.temperatures, pad)
-        self._warmed.update((batch_size, length) for length in new)
+        lengths = sorted({len(f["input_ids"]) for f in features})
+        self.warm_up_seconds += runner.warm_up(lengths, self.rule, self.temperatures, pad)
         return runner
 
     @property

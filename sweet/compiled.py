@@ -21,14 +21,17 @@ same comparisons in float64, with patience's streak and previous prediction as t
 the hook runner. ``tests/test_exits.py`` checks each against its numpy verdict, ``tests/test_compiled.py`` the whole
 runner against the offline simulation.
 
-Buckets. Batch sizes are padded up to 1, 2, 4, 8 and then multiples of 8 (capped at the batch size asked for) by
-repeating the last row, and sequence lengths up to a multiple of ``seq_multiple`` tokens with padding the attention mask hides, so a
-handful of static shapes cover every input (CUDA graphs and inductor's kernels are per shape). Rows of a batch are
-independent and padding tokens are masked, so padding changes no result (tested). When rows leave, the survivors
-are compacted (``index_select``) into the smallest batch bucket that holds them; while they still need the same
-bucket they stay in place and the rows that left are only masked out (ignored): compacting then would buy nothing
-and cost a gather of every per-row layer input. Uncompiled segments use no buckets by default: on a CPU a padded
-row or token costs as much as a real one (measured: padding made the plain segments 2× slower at batch 32).
+Shapes. CUDA graphs replay one static shape each, so on CUDA batch sizes are padded up to buckets 1, 2, 4, 8 and
+then multiples of 8 (capped at the batch size asked for) by repeating the last row, and sequence lengths up to a
+multiple of ``seq_multiple`` tokens with padding the attention mask hides: a handful of static shapes cover every
+input. Rows of a batch are independent and padding tokens are masked, so padding changes no result (tested). When
+rows leave, the survivors are compacted (``index_select``) into the smallest batch bucket that holds them; while
+they still need the same bucket they stay in place and the rows that left are only masked out (ignored):
+compacting then would buy nothing and cost a gather of every per-row layer input. On a CPU the segments compile
+with dynamic shapes instead (inductor, ``dynamic=True``) and run unpadded: one graph per segment covers every
+length and every batch size above 1 (dynamo specialises size 1), where static shapes would cost minutes of
+compiling per segment and bucket, and a padded row or token costs a CPU as much as a real one (measured: padding
+made the plain segments 2× slower at batch 32). Uncompiled segments run unpadded too.
 
 The CUDA-graph trap. On CUDA the segments compile with ``mode="reduce-overhead"``: inductor plus CUDA graphs
 (cudagraph trees), chosen over a hand-made ``torch.cuda.CUDAGraph`` capture because it already handles the static
@@ -143,13 +146,14 @@ CPU_BACKEND: str | None = "inductor"
 
 def compile_settings(compile: bool | str, device: torch.device) -> dict[str, Any] | None:
     """``torch.compile`` keyword arguments for ``compile`` (False: none, run the segments as plain Python; True or
-    "auto": inductor, with CUDA graphs on CUDA; any other string: that dynamo backend, e.g. "eager" in tests)."""
+    "auto": inductor, with CUDA graphs and static shapes on CUDA and dynamic shapes on a CPU; any other string:
+    that dynamo backend with static shapes, e.g. "eager" in tests, which then exercise the CUDA path's buckets)."""
     if compile is False or compile == "off":
         return None
     if compile in (True, "auto", "on"):
         if device.type == "cuda":
             return {"mode": "reduce-overhead", "dynamic": False}
-        return None if CPU_BACKEND is None else {"backend": CPU_BACKEND, "dynamic": False}
+        return None if CPU_BACKEND is None else {"backend": CPU_BACKEND, "dynamic": True}
     return {"backend": str(compile), "dynamic": False}
 
 
@@ -191,9 +195,12 @@ class EncoderSegments:
         self.function = self._segment if settings is None else torch.compile(self._segment, **settings)
 
     def select_rows(self, inputs: list[tuple[tuple, dict]], keep: torch.Tensor, full: int) -> list[tuple[tuple, dict]]:
-        """Every layer's inputs with only the rows in ``keep`` (``sweet.infer._select_rows`` per value)."""
-        return [(_select_rows(args, keep, full),
-                 {k: v if k in self.rowless else _select_rows(v, keep, full) for k, v in kwargs.items()})
+        """Every layer's inputs with only the rows in ``keep`` (``sweet.infer._select_rows`` per value). A tensor
+        several layers share (the attention mask, rotary tables) is selected once and stays shared: compiled
+        segments guard on which inputs are the same tensor, and a copy per layer would compile another graph."""
+        memo: dict[int, torch.Tensor] = {}
+        return [(_select_rows(args, keep, full, memo),
+                 {k: v if k in self.rowless else _select_rows(v, keep, full, memo) for k, v in kwargs.items()})
                 for args, kwargs in inputs]
 
     def _segment(self, k: int, hidden: torch.Tensor, inputs: list[tuple[tuple, dict]], mask: torch.Tensor | None,
@@ -271,22 +278,24 @@ class SegmentedRunner:
     """Compiled (or plain) segments of an EE/SWEET model or of each MM member, reused across calls.
 
     ``compile``: False (the segment logic as plain Python), True / "auto" (inductor; CUDA graphs on CUDA), or a
-    dynamo backend name. ``warm_up(lengths)`` compiles every batch bucket for those lengths once and returns the
-    seconds it took; ``run`` is ``sweet.infer.early_exit`` with the same result.
+    dynamo backend name. ``warm_up(lengths)`` compiles whatever shapes those lengths need that it has not compiled
+    yet and returns the seconds it took; ``run`` is ``sweet.infer.early_exit`` with the same result.
     """
 
     def __init__(self, model: EarlyExitModel | MultiModel, batch_size: int, compile: bool | str = "auto",
                  seq_multiple: int = 16, static_shapes: bool | None = None) -> None:
-        """``static_shapes``: pad to buckets (default: when compiling; the tests pad plain segments too)."""
+        """``static_shapes``: pad to buckets (default: when the segments compile to static shapes; the tests pad
+        plain segments too)."""
         self.model = model.eval()
         self.device = model_device(model)
         self.settings = compile_settings(compile, self.device)
         self.compiled = self.settings is not None
-        static = self.compiled if static_shapes is None else static_shapes
+        static = self.compiled and not self.settings["dynamic"] if static_shapes is None else static_shapes
         self.buckets = Buckets(max(1, batch_size), seq_multiple, static)
         if self.compiled:
             _raise_recompile_limit(64)
         self.fallback_reason: str | None = None
+        self._warmed: set[tuple[int, int, bool]] = set()  # (batch, length, padded) shapes warm_up has compiled
         if isinstance(model, MultiModel):
             self.members: list[Any] = []
             for member in model.members:
@@ -389,19 +398,37 @@ class SegmentedRunner:
 
     # ------------------------------------------------------------------------------------------------------------
     def warm_up(self, lengths: list[int], rule: ExitRule, temperatures: np.ndarray, pad_token_id: int = 0) -> float:
-        """Compile (capture) every segment for each batch bucket at the sequence buckets of ``lengths``, once.
+        """Compile (capture) every segment for the shapes inputs of these ``lengths`` will meet, once per shape.
 
-        Runs a never-exiting pass (threshold where the rule never fires) so that every segment is reached. Returns
-        the seconds it took."""
+        Static shapes: every batch bucket at each length's bucket, padded. Dynamic shapes: one length stands for
+        all; what dynamo compiles apart is batch size 1 against larger ones (it specialises size 1) and a batch
+        with padding against one without (the model then builds no attention mask): batch 1 unpadded (how a
+        batch of 1 comes), and with a batch size above 1 also the full batch with and without padding and one
+        padded row (what is left of a batch when all but one row exited). Runs a never-exiting pass (threshold
+        where the rule never fires) so that every segment is reached. Returns the seconds it took (0 when every
+        shape was compiled before)."""
+        if not self.compiled or self.fallback_reason is not None or rule.fires_device is None:
+            return 0.0
+        most = self.buckets.max_batch
+        if self.buckets.static:
+            shapes = {(rows, self.buckets.seq(max(1, x)), True) for x in lengths for rows in self.buckets.all_batches()}
+        else:
+            shapes = {(1, 0, False)} | ({(1, 0, True), (most, 0, True), (most, 0, False)} if most > 1 else set())
+        shapes -= self._warmed
+        if not shapes:
+            return 0.0
         start = time.perf_counter()
         threshold = rule.never_fires if math.isfinite(rule.never_fires) else math.copysign(1e9, rule.never_fires)
-        for length in sorted({self.buckets.seq(max(1, x)) for x in lengths}):
-            # one token short of the bucket, so the batch is padded as real ones are (a model may build no mask
-            # for an unpadded batch: another compiled variant)
-            real = max(1, length - 1)
-            for rows in self.buckets.all_batches():
-                features = [{"input_ids": [pad_token_id + 1] * real, "attention_mask": [1] * real}] * rows
-                self.run(features, rule, threshold, temperatures, pad_token_id)
+        for rows, length, padded in sorted(shapes):
+            # static: one token short of the bucket, so that the batch is padded as real ones are; dynamic: the
+            # padded shapes end in a padding token
+            real = max(2, (length or 16) - 1)
+            ids = [pad_token_id + 1] * real
+            mask = [1] * real
+            if padded and not self.buckets.static:
+                ids, mask = [*ids, pad_token_id], [*mask, 0]
+            self.run([{"input_ids": ids, "attention_mask": mask}] * rows, rule, threshold, temperatures, pad_token_id)
+        self._warmed |= shapes
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

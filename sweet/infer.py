@@ -231,12 +231,20 @@ def run_early_exit(
     return result.predictions, result.exits
 
 
-def _select_rows(value: Any, keep: torch.Tensor, full: int) -> Any:
+def _select_rows(value: Any, keep: torch.Tensor, full: int, memo: dict[int, torch.Tensor] | None = None) -> Any:
     """``value`` with only the rows in ``keep`` where it is per row: a tensor of ≥ 2 dimensions whose first is the
     full batch (masks [batch, 1, q, k], positions [batch, seq], rotary cos/sin [batch, seq, dim]), also inside
-    tuples and lists. Anything else (broadcast [1, …] tensors, 1-D tensors, None, caches) passes unchanged."""
+    tuples and lists. Anything else (broadcast [1, …] tensors, 1-D tensors, None, caches) passes unchanged.
+    ``memo`` (id of a tensor → its selection), shared across calls, selects a tensor that several layers receive
+    once and hands them one tensor again."""
     if isinstance(value, torch.Tensor):
-        return value.index_select(0, keep) if value.dim() >= 2 and value.shape[0] == full else value
+        if value.dim() < 2 or value.shape[0] != full:
+            return value
+        if memo is None:
+            return value.index_select(0, keep)
+        if id(value) not in memo:
+            memo[id(value)] = value.index_select(0, keep)
+        return memo[id(value)]
     if isinstance(value, (tuple, list)):
-        return type(value)(_select_rows(v, keep, full) for v in value)
+        return type(value)(_select_rows(v, keep, full, memo) for v in value)
     return value

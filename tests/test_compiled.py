@@ -18,6 +18,7 @@ import torch
 from test_infer import CASES, IDS, TEMPERATURES, N, _offline, _thresholds, build_case
 from tiny import backbone, pad_id, random_features
 
+import sweet.compiled
 from sweet import EarlyExitModel
 from sweet.compiled import Buckets, SegmentedRunner, pad_to_bucket, resolve_precision
 from sweet.errors import UserError
@@ -78,11 +79,37 @@ def test_dynamo_segments_equal_offline(case, request):
         _check(case, "patience", 1.0, 7, compile="eager")
 
 
+@pytest.mark.parametrize("case", [("ee", "bert", None)], indirect=True, ids=["ee-bert"])
+def test_cpu_dynamic_shapes_compile_each_segment_once(case, monkeypatch):
+    """The CPU's compiled path (dynamic shapes, unpadded; dynamo's eager backend standing in for inductor): after
+    ``warm_up`` every length and batch size reuses the graphs, and the answers are the offline simulation's."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(sweet.compiled, "CPU_BACKEND", "eager")
+    runner = SegmentedRunner(case["model"], 7, compile=True)
+    assert runner.compiled and not runner.buckets.static
+    lengths = [len(f["input_ids"]) for f in case["features"]]
+    assert runner.warm_up(lengths, EXIT_RULES["confidence"], TEMPERATURES, case["pad"]) > 0
+    assert runner.warm_up([3, 40], EXIT_RULES["confidence"], TEMPERATURES, case["pad"]) == 0.0  # nothing new
+    graphs = counters["stats"]["unique_graphs"]
+    for threshold in _thresholds(case, "confidence")[-3:]:
+        result = runner.run(case["features"], EXIT_RULES["confidence"], threshold, TEMPERATURES, case["pad"])
+        preds, exits = _offline(case, "confidence", threshold)
+        assert result.exits.tolist() == exits.tolist() and result.predictions.tolist() == preds.tolist()
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation: rows left, lengths and batches varied
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [("ee", "bert", None)], indirect=True, ids=["ee-bert"])
 def test_inductor_segments_equal_offline(case):
+    """Inductor for real: static shapes (the CUDA path's buckets) at batch 1, dynamic shapes (the CPU's) at 7."""
     threshold = _thresholds(case, "confidence")[-2]
     _check(case, "confidence", threshold, 1, compile="inductor")
+    runner = SegmentedRunner(case["model"], 7, compile=True)
+    assert runner.settings == {"backend": "inductor", "dynamic": True}
+    result = runner.run(case["features"], EXIT_RULES["confidence"], threshold, TEMPERATURES, case["pad"])
+    preds, exits = _offline(case, "confidence", threshold)
+    assert result.exits.tolist() == exits.tolist() and result.predictions.tolist() == preds.tolist()
 
 
 def test_bucket_padding_changes_nothing(tmp_path_factory):
