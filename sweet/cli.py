@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     rows = _select(task.train, splits["train_ids"], args.splits)
     backbone = resolve_backbone(args.backbone, args.hub_cache, args.revision)
     run = json.loads(Path(args.run_record).read_text()) if args.run_record else {}
-    work_dir = args.work_dir or Path(args.out).with_name(Path(args.out).name + ".checkpoints")
+    work_dir = args.work_dir or Path(args.out).with_name(Path(args.out).name + layout.CHECKPOINTS_SUFFIX)
     try:
         record = train(
             rows, task.num_labels, backbone, args.exit_layers, args.method, args.seed, spec,

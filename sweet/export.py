@@ -29,6 +29,7 @@ from typing import Any
 
 from sweet import methods  # the method registry: standard library only
 from sweet.errors import UserError
+from sweet.plan import layout  # the names of a run's files: standard library only
 from sweet.plan.export_policy import (
     FORMAT,
     POLICY_NAME,
@@ -59,8 +60,6 @@ class ExportPaths:
 
     def __post_init__(self) -> None:
         self.run = Path(self.run)
-        from sweet.plan import layout
-
         defaults = {"model": layout.MODEL, "logits": layout.LOGITS, "temperatures": layout.TEMPERATURES,
                     "operating_points": layout.OPERATING_POINTS, "risk_control": layout.RISK_CONTROL,
                     "exits": layout.EXITS}
@@ -92,7 +91,7 @@ def run_identity(paths: ExportPaths, meta: dict[str, str]) -> dict[str, Any]:
 
 def _copy_model(model_dir: Path, dest: Path) -> None:
     """The trained files as written (no re-serialisation): everything but resumable checkpoints and temporaries."""
-    ignore = shutil.ignore_patterns("*.checkpoints", ".*.tmp*", "checkpoint-*")
+    ignore = shutil.ignore_patterns("*" + layout.CHECKPOINTS_SUFFIX, ".*.tmp*", "checkpoint-*")
     for item in sorted(model_dir.iterdir()):
         if ignore(str(model_dir), [item.name]):
             continue

@@ -65,6 +65,11 @@ SPLITS = "splits.json"  # [T] the seeded training subset: `sweet split` writes i
 #                         migrate-runs read it (before run ids it also held the calibration split)
 MODEL = "model"  # [T] the trained model folder (`sweet train --out`); calibrate, evaluate and export read it
 MEMBER_MODEL = MODEL + "/member_{k}"  # [T] a per-exit method's (MM's) member k (`sweet train --member`)
+# A training job's resumable checkpoints sit beside the model it writes, named after it (`sweet train`'s default
+# --work-dir; the rules' checkpoint_dir, which moves them under scratch_dir by their last part); export skips them.
+CHECKPOINTS_SUFFIX = ".checkpoints"
+MODEL_CHECKPOINTS = MODEL + CHECKPOINTS_SUFFIX  # [T] EE/SWEET and the joint methods
+MEMBER_CHECKPOINTS = MEMBER_MODEL + CHECKPOINTS_SUFFIX  # [T] member k's
 SWEET_CONFIG = MODEL + "/sweet_config.json"  # [T] MM's members assembled (`sweet assemble`); calibrate, evaluate read it
 TRAIN_METRICS = "train_metrics.json"  # [T] `sweet train`'s metrics (timing, loss); reporting and migrate-runs read it
 MEMBERS = "members"  # [T] MM's per-member training metrics folder

@@ -223,11 +223,11 @@ def model_dir(wildcards):
 def checkpoint_dir(wildcards):
     """Where a training job keeps its checkpoints (resumed from after a kill): beside the model, or under
     scratch_dir when results/ must not hold them."""
-    name = f"member_{wildcards.k}.checkpoints" if "k" in wildcards.keys() else "model.checkpoints"
+    inside = layout.MEMBER_CHECKPOINTS.format(k=wildcards.k) if "k" in wildcards.keys() else layout.MODEL_CHECKPOINTS
     run = run_of(wildcards).dir
     if config.get("scratch_dir"):
-        return Untracked(f"{Path(config['scratch_dir']).expanduser()}/{run.removeprefix('results/')}/{name}")
-    return Untracked(f"{run}/{'model/' if 'k' in wildcards.keys() else ''}{name}")
+        return Untracked(f"{Path(config['scratch_dir']).expanduser()}/{run.removeprefix('results/')}/{Path(inside).name}")
+    return Untracked(f"{run}/{inside}")
 
 
 def meta_args(wildcards):
