@@ -373,7 +373,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                      else (record[text_column], record[args.text_pair_column]))
     predictions = classifier.predict(texts, batch_size=args.batch_size)
     if classifier.compiled:
-        print(f"compiled early exit: warm-up (compiling each batch/length bucket once) took "
+        print(f"compiled early exit: warm-up (compiling each input shape once) took "
               f"{classifier.warm_up_seconds:.1f} s", file=sys.stderr)
     frame = pd.DataFrame(records, columns=columns)
     frame["label"] = [p.label for p in predictions]
@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=256, help="the first N evaluation examples are timed")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per policy and batch size (median)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="auto: compiled on CUDA, plain segments on a CPU")
+                   help="auto: compiled on CUDA (CUDA graphs), plain segments on a CPU; on: inductor on a CPU too")
     p.add_argument("--out", help="default: latency.csv in --run (sweet.plan.layout.LATENCY)")
     p.set_defaults(func=cmd_latency)
 
