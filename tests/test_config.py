@@ -318,6 +318,20 @@ def test_bad_operating_point_and_risk_control_values(config: dict) -> None:
         refused(bad, f"{section}.{key}")
 
 
+def test_command_line_sections_are_read_as_yaml(config: dict) -> None:
+    """`--config latency='{batch_sizes: [1, 32]}' risk_control='{enabled: false}'`: snakemake hands mappings over as
+    strings to any depth (YAML's BaseLoader); the settings sections are read as YAML would read them."""
+    config["latency"] = {"batch_sizes": ["1", "32"], "examples": "64"}
+    config["operating_points"] = {"targets": ["1.5", "2"]}
+    config["risk_control"] = {**config["risk_control"], "enabled": "false", "delta": "0.1", "epsilons": ["0.01"]}
+    config["claims"] = {**(config.get("claims") or {}), "level": "0.9"}
+    validate(config, base_dir=ROOT)
+    assert config["latency"] == {"batch_sizes": [1, 32], "examples": 64}
+    assert config["operating_points"]["targets"] == [1.5, 2]
+    assert config["risk_control"]["enabled"] is False and config["risk_control"]["epsilons"] == [0.01]
+    assert config["claims"]["level"] == 0.9
+
+
 def test_claims_exit_rule_is_any_registered_rule(config: dict) -> None:
     """The schema takes the exit rules' names from sweet.exits.EXIT_RULES: a new rule is accepted everywhere."""
     from sweet.exits import EXIT_RULES

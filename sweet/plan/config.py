@@ -250,10 +250,15 @@ def _check_method_options(config: dict) -> None:
 
 def _coerce_command_line(config: dict) -> None:
     """`--config partial=true gpus=null cluster='{max_mem_mb: 8000}' method_options=…` arrive as strings (snakemake reads
-    mappings with YAML's BaseLoader): read the keys whose schema wants booleans, numbers or null as YAML would."""
+    mappings with YAML's BaseLoader): read the keys whose schema wants booleans, numbers, lists or null as YAML
+    would."""
     import yaml
 
     def typed(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: typed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [typed(v) for v in value]
         return yaml.safe_load(value) if isinstance(value, str) else value
 
     for key in ("keep_checkpoints", "partial"):
@@ -262,9 +267,11 @@ def _coerce_command_line(config: dict) -> None:
     for key in ("keep_checkpoints", "partial", "gpus", "scratch_dir"):
         if isinstance(config.get(key), str) and config[key].lower() in ("true", "false", "null", "none", "~", ""):
             config[key] = typed(config[key].lower().replace("none", "null"))
-    for key in ("cluster", "training"):
+    # the sections of settings (not of names or paths, which must stay strings: a revision "0123456" is no number),
+    # to any depth: --config latency='{batch_sizes: [1, 32]}' risk_control='{enabled: false}'
+    for key in ("cluster", "training", "latency", "operating_points", "risk_control", "claims"):
         if isinstance(config.get(key), dict):
-            config[key] = {k: typed(v) for k, v in config[key].items()}
+            config[key] = typed(config[key])
     # --config method_options='{sep: {separation: 0.25}}': its numbers sit one mapping deeper
     if isinstance(config.get("method_options"), dict):
         config["method_options"] = {name: {k: typed(v) for k, v in options.items()} if isinstance(options, dict)
