@@ -14,6 +14,14 @@ from sweet.plan.status import grid_spec_runs
 from sweet.reporting.claims import OPERATING_POINT_MODES, ClaimSettings
 from sweet.reporting.collect import CommonTargetSettings, discover_runs
 from sweet.reporting.statistics import DEFAULT_SPEEDUPS, METHOD_TARGETS
+from sweet.reporting.tables import (
+    CLAIMS_CSV,
+    CURVES,
+    METHODS_CSV,
+    RISK_CONTROL_COMMON,
+    SPEEDUP_SUMMARY,
+    STATUS,
+)
 
 
 def json_arg(value: str) -> dict:
@@ -100,7 +108,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
                         "--runs-root DIR")
     written = aggregate(runs, args.out, grid, args.speedups, _claim_settings(args.claims or {}), args.logs,
                         args.targets, _common_target_settings(args.risk_control or {}, args.thresholds, args.dense))
-    print(f"aggregate: {written['status.txt'].read_text().strip()}")
+    print(f"aggregate: {written[STATUS].read_text().strip()}")
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -110,15 +118,15 @@ def cmd_figures(args: argparse.Namespace) -> None:
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
         raise UserError(f"--formats: {args.formats!r}; use a comma-separated subset of png,pdf,svg")
-    if not (Path(args.tables) / "curves.csv").is_file():
-        raise UserError(f"--tables: {args.tables} holds no curves.csv; run `python -m sweet aggregate` first")
+    if not (Path(args.tables) / CURVES).is_file():
+        raise UserError(f"--tables: {args.tables} holds no {CURVES}; run `python -m sweet aggregate` first")
     make_figures(args.tables, args.out, strategy=args.strategy, formats=formats)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from sweet.reporting.report import make_report
 
-    for flag, folder, needed in (("--tables", args.tables, "claims.csv"), ("--figures", args.figures, "index.json")):
+    for flag, folder, needed in (("--tables", args.tables, CLAIMS_CSV), ("--figures", args.figures, "index.json")):
         if not (Path(folder) / needed).is_file():
             raise UserError(f"{flag}: {folder} holds no {needed}; run `python -m sweet "
                             f"{'aggregate' if flag == '--tables' else 'figures'}` first")
@@ -139,16 +147,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--logs", help="the steps' logs (default: logs/ beside the runs' runs/ folder)")
     p.add_argument("--out", required=True, help="output folder, e.g. results/demo/tables (replaced as a whole)")
     p.add_argument("--speedups", type=_speedups_arg, default=list(DEFAULT_SPEEDUPS),
-                   help="fixed speedups for speedup_summary.csv (default 1.5,2,3,4)")
+                   help=f"fixed speedups for {SPEEDUP_SUMMARY} (default 1.5,2,3,4)")
     p.add_argument("--targets", type=_speedups_arg, default=list(METHOD_TARGETS),
-                   help="fixed speedups for methods.csv, every method against EE (default 1.5,2,3: the config's "
+                   help=f"fixed speedups for {METHODS_CSV}, every method against EE (default 1.5,2,3: the config's "
                         "operating_points.targets, which the workflow passes)")
     p.add_argument("--claims", type=json_arg,
                    help="how claims are checked (JSON): exit_rule, fast_speedup, slow_speedup, margin, level, "
                         "operating_points (envelope | held-out)")
     p.add_argument("--risk-control", type=json_arg,
                    help="the config's risk_control block (JSON): error_offsets and delta set the common error "
-                        "target every method of a setting is held to (risk_control_common.csv); enabled: false "
+                        f"target every method of a setting is held to ({RISK_CONTROL_COMMON}); enabled: false "
                         "leaves that table empty")
     p.add_argument("--thresholds", type=int, default=11,
                    help="the exit rules' threshold grid, as the runs' curves use it (config thresholds)")

@@ -52,6 +52,17 @@ from sweet.reporting.collect import (
     read_table,
 )
 from sweet.reporting.statistics import gradient_conflict_summary, interpolate_curve
+from sweet.reporting.tables import (
+    CURVES,
+    GRADIENT_CONFLICT,
+    INDIVIDUAL_EXITS,
+    LATENCY,
+    RISK_CONTROL,
+    RISK_CONTROL_COMMON,
+    STATUS,
+    TRAINING_LOSS,
+    TRAINING_STAGES,
+)
 
 # The registry's colour (Okabe–Ito where it has room: colour-blind safe) and marker per method, so the figures
 # survive grey-scale printing and a method looks the same in every figure. Methods the registry does not know
@@ -842,7 +853,7 @@ def make_figures(
                 entries.append({"section": section, "files": [f"{section}/{f.name}" for f in files],
                                 "caption": caption})
 
-        curves = _read(tables / "curves.csv")
+        curves = _read(tables / CURVES)
         if curves is not None:
             curves = curves.sort_values([*RUN_KEYS, "strategy", "speedup"], kind="mergesort")
             save(overview_figure(curves, strategy), "speed_accuracy", "overview", overview_caption(curves, strategy))
@@ -851,40 +862,40 @@ def make_figures(
                      speed_accuracy_caption(block, strategy))
                 save(speed_accuracy_allrules_figure(block), "speed_accuracy", _stem(*key) + "__allrules",
                      speed_accuracy_allrules_caption(block))
-        exits = _read(tables / "individual_exits.csv")
+        exits = _read(tables / INDIVIDUAL_EXITS)
         if exits is not None:
             for key, block in _blocks(exits):
                 save(individual_exits_figure(block), "individual_exits", _stem(*key), individual_exits_caption(block))
-        losses = _read(tables / "training_loss.csv")
-        stages = _read(tables / "training_stages.csv")
+        losses = _read(tables / TRAINING_LOSS)
+        stages = _read(tables / TRAINING_STAGES)
         if losses is not None:
             for key, block in _blocks(losses):
                 in_block = None if stages is None else stages[
                     (stages[GROUP_KEYS] == pd.Series(dict(zip(GROUP_KEYS, key)))).all(axis=1)]
                 save(training_loss_figure(block, in_block), "training_loss", _stem(*key),
                      training_loss_caption(block, in_block))
-        conflicts = _read(tables / "gradient_conflict.csv")
+        conflicts = _read(tables / GRADIENT_CONFLICT)
         if conflicts is not None:
             for key, block in _blocks(conflicts):
                 save(gradient_conflict_figure(block), "gradient_conflict", _stem(*key),
                      gradient_conflict_caption(block))
-        risk = _read(tables / "risk_control.csv")
+        risk = _read(tables / RISK_CONTROL)
         if risk is not None:
             for key, block in _blocks(risk):
                 if (block["strategy"] == strategy).any():
                     save(risk_control_figure(block, strategy), "risk_control", _stem(*key),
                          risk_control_caption(block, strategy))
-        common = _read(tables / "risk_control_common.csv")
+        common = _read(tables / RISK_CONTROL_COMMON)
         if curves is not None and (risk is not None or common is not None):
             for key, block in _blocks(curves):
                 own_block, common_block = (None if f is None else f[(f[GROUP_KEYS] == pd.Series(
                     dict(zip(GROUP_KEYS, key)))).all(axis=1)] for f in (risk, common))
                 save(risk_tradeoff_figure(block, own_block, common_block, strategy), "risk_control",
                      _stem(*key) + "__tradeoff", risk_tradeoff_caption(block, own_block, common_block, strategy))
-        latency = _read(tables / "latency.csv")
+        latency = _read(tables / LATENCY)
         if latency is not None:
             save(latency_figure(latency), "latency", "measured_vs_theoretical", latency_caption(latency))
         write_json(tmp / "index.json", {"strategy": strategy, "figures": entries})
-        if (tables / "status.txt").is_file():
-            write_text(tmp / "status.txt", (tables / "status.txt").read_text())
+        if (tables / STATUS).is_file():
+            write_text(tmp / STATUS, (tables / STATUS).read_text())
     return [out / f for entry in entries for f in entry["files"]]

@@ -22,7 +22,24 @@ from sweet.io import write_text
 from sweet.reporting.claims import format_estimate, format_over, format_paper
 from sweet.reporting.collect import GROUP_KEYS, display_name, methods_in_order, read_table
 from sweet.reporting.statistics import points_scale
-from sweet.reporting.tables import exit_table_blocks
+from sweet.reporting.tables import (
+    AUC_SUMMARY,
+    CLAIMS_CSV,
+    CLAIMS_OPERATING_POINTS,
+    ENVELOPE_GAP,
+    GRID,
+    INDIVIDUAL_EXITS,
+    LATENCY,
+    METHODS_CSV,
+    MISSING_RUNS,
+    RISK_CONTROL_COMMON,
+    RISK_CONTROL_SUMMARY,
+    RUNS,
+    SPEEDUP_SUMMARY,
+    STATUS,
+    TRAINING_LOSS,
+    exit_table_blocks,
+)
 
 TEMPLATE = "report.html.j2"
 VERDICT_CLASS = {"reproduced": "good", "contradicted": "bad"}
@@ -38,10 +55,10 @@ CLAIMS_METHOD = ("Each claim compares two methods, paired by seed (same training
 def make_report(tables_dir: str | Path, figures_dir: str | Path, out: str | Path) -> Path:
     """Write the report of the grid whose tables and figures are given; returns its path."""
     tables, figures, out = Path(tables_dir), Path(figures_dir), Path(out)
-    grid = json.loads((tables / "grid.json").read_text()) if (tables / "grid.json").is_file() else {}
-    runs = read_table(tables / "runs.csv")
-    status = (tables / "status.txt").read_text().strip()
-    claims = read_table(tables / "claims.csv")
+    grid = json.loads((tables / GRID).read_text()) if (tables / GRID).is_file() else {}
+    runs = read_table(tables / RUNS)
+    status = (tables / STATUS).read_text().strip()
+    claims = read_table(tables / CLAIMS_CSV)
     index = json.loads((figures / "index.json").read_text())
     figure_list = [_figure(entry, figures, out.parent) for entry in index["figures"]]
 
@@ -51,7 +68,7 @@ def make_report(tables_dir: str | Path, figures_dir: str | Path, out: str | Path
         "partial": status.startswith("PARTIAL"),
         "grid_rows": _grid_rows(grid, runs),
         "ran": _html(_what_ran(runs)),
-        "missing": _first_lines((tables / "missing_runs.txt").read_text().splitlines()),
+        "missing": _first_lines((tables / MISSING_RUNS).read_text().splitlines()),
         "provenance": _provenance(runs),
         "claims": _claim_rows(claims[claims["scope"] == "pooled"]),
         "claims_method": CLAIMS_METHOD.format(level=_level(claims)),
@@ -110,7 +127,7 @@ def _what_ran(runs: pd.DataFrame) -> pd.DataFrame:
 def _first_lines(lines: list[str], shown: int = MISSING_SHOWN) -> list[str]:
     if len(lines) <= shown:
         return lines
-    return [*lines[:shown], f"… and {len(lines) - shown} more, listed in tables/missing_runs.txt"]
+    return [*lines[:shown], f"… and {len(lines) - shown} more, listed in tables/{MISSING_RUNS}"]
 
 
 def _provenance(runs: pd.DataFrame) -> str:
@@ -152,7 +169,7 @@ def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strat
     if not per_setting.empty:
         sections.append({"title": "The claims, per task, model and budget", "intro": [],
                          "tables": [_html(_claims_table(per_setting))], "figures": []})
-    exits = read_table(tables / "individual_exits.csv")
+    exits = read_table(tables / INDIVIDUAL_EXITS)
     if not exits.empty or "individual_exits" in by_section:
         blocks = [_html(_exit_block(header, rows), caption=f"{task} · {model} · budget {budget} — {metric}; "
                         "mean ± std over seeds")
@@ -166,13 +183,13 @@ def _sections(tables: Path, claims: pd.DataFrame, figure_list: list[dict], strat
     if "training_loss" in by_section:
         sections.append({"title": "Training dynamics", "intro": [
             "Each exit's training loss over the optimizer steps, as logged during fine-tuning "
-            "(tables/training_loss.csv). EE trains every exit through the shared layers at once, so an early exit's "
+            f"(tables/{TRAINING_LOSS}). EE trains every exit through the shared layers at once, so an early exit's "
             "loss also moves with what the later exits ask of those layers; SWEET's blocks learn from their own exit "
             "only, and MM's members are separate models. These are losses on the training batches, not scores: "
             "the individual exits' evaluation scores are above."],
             "tables": [], "figures": by_section["training_loss"]})
     if "speed_accuracy" in by_section:
-        auc = read_table(tables / "auc_summary.csv")
+        auc = read_table(tables / AUC_SUMMARY)
         sections.append({"title": "Speed–accuracy trade-off", "intro": [
             _claim_text("3-fast-ee", "3-fast-mm", claims), _claim_text("3-slow", "4", claims),
             f"Curves use the {strategy} exit rule unless a panel says otherwise; the table gives each method's mean "
@@ -269,7 +286,7 @@ def methods_blocks(methods: pd.DataFrame) -> list[tuple[tuple, str, pd.DataFrame
 
 def _methods_section(tables: Path) -> dict | None:
     """Every method of the grid against EE (tables/methods.csv), one table per setting."""
-    methods = _read_if_present(tables / "methods.csv")
+    methods = _read_if_present(tables / METHODS_CSV)
     blocks = methods_blocks(methods)
     if not blocks:
         return None
@@ -281,15 +298,15 @@ def _methods_section(tables: Path) -> dict | None:
         "normalised AUC over the speedup range every method and seed of the setting shares, and the score at "
         "the held-out operating points' target speedups (the evaluation curve, interpolated on each seed's "
         "Pareto front, never extrapolated). Under each value, the difference to EE, paired by seed, with its "
-        "Student-t interval: with one paired seed there is no interval. tables/methods.csv holds the same "
+        f"Student-t interval: with one paired seed there is no interval. tables/{METHODS_CSV} holds the same "
         "numbers, one row per setting × method × measure."], "tables": html, "figures": []}
 
 
 def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict | None:
     """Held-out operating points against the envelope, the claims both ways, and risk-controlled thresholds."""
-    gap = _read_if_present(tables / "envelope_gap.csv")
-    both = _read_if_present(tables / "claims_operating_points.csv")
-    risk = _read_if_present(tables / "risk_control_summary.csv")
+    gap = _read_if_present(tables / ENVELOPE_GAP)
+    both = _read_if_present(tables / CLAIMS_OPERATING_POINTS)
+    risk = _read_if_present(tables / RISK_CONTROL_SUMMARY)
     if gap.empty and risk.empty:
         return None
     out = []
@@ -309,7 +326,7 @@ def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict 
                                        for m, lo in zip(gap["eval_speedup_mean"], gap["eval_speedup_min"])],
             "seeds": [f"{n} of {r}" if n != r else f"{n}" for n, r in zip(gap["n_seeds"], gap["n_reached"])]})
         out.append(_html(table, caption=f"{strategy} exit rule. Envelope: the evaluation curve's score at the "
-                         "target (what speedup_summary.csv and the paper report); held-out: the threshold with the "
+                         f"target (what {SPEEDUP_SUMMARY} and the paper report); held-out: the threshold with the "
                          "best calibration-split score among those at least that fast there, scored on the "
                          f"evaluation split; the gap is paired within each seed, mean with a {level} Student-t "
                          "interval over seeds, in points; mean and lowest evaluation speedup of the held-out "
@@ -321,7 +338,7 @@ def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict 
             "estimate [interval], points": [format_estimate(r) for _, r in pooled.iterrows()],
             "over": [format_over(r) for _, r in pooled.iterrows()], "verdict": pooled["verdict"]})
         out.append(_html(table, caption="The speed–accuracy claims read on the envelope (the evaluation curves) "
-                         "and on the held-out operating points; claims.csv uses the one config claims."
+                         f"and on the held-out operating points; {CLAIMS_CSV} uses the one config claims."
                          "operating_points names"))
     risk = risk[risk["strategy"] == strategy] if not risk.empty else risk
     footing = risk["footing"] if "footing" in risk.columns else pd.Series("own-last-exit", index=risk.index)
@@ -340,7 +357,7 @@ def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict 
                     "accuracy for every method of a setting, the best last exit among its methods on the "
                     "calibration split (per seed) less the offset; certified speedup and evaluation score: "
                     "means over the seeds that certified a threshold (a method whose own last exit is below the "
-                    "target is not certified: risk_control_common.csv's why). This is the table to compare "
+                    f"target is not certified: {RISK_CONTROL_COMMON}'s why). This is the table to compare "
                     "methods on."))
     if not risk.empty:
         delta = float(risk["delta"].iloc[0])
@@ -376,7 +393,7 @@ def _held_out_section(tables: Path, strategy: str, figures: list[dict]) -> dict 
 def _latency_section(tables: Path, figures: list[dict]) -> dict | None:
     """Measured latency (config latency:): per setting × method × device × batch size × source, the mean over seeds
     and operating points of ms per example, measured and theoretical speedup."""
-    latency = _read_if_present(tables / "latency.csv")
+    latency = _read_if_present(tables / LATENCY)
     if latency.empty:
         return None
     latency = latency.assign(risk=latency["risk"].fillna(""))
@@ -398,7 +415,7 @@ def _latency_section(tables: Path, figures: list[dict]) -> dict | None:
         "same evaluation examples; median over repetitions. The theoretical speedup is the layer count's on those "
         "examples: where the measured one falls short, the device pays for exit heads, host reads and shapes."],
         "tables": [_html(table, caption="Mean over seeds, exit rules and operating points of each source; every "
-                         "row is in tables/latency.csv")], "figures": figures}
+                         f"row is in tables/{LATENCY}")], "figures": figures}
 
 
 def _claim_text(first: str, second: str, claims: pd.DataFrame) -> str:

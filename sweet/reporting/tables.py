@@ -75,7 +75,7 @@ def status_line(runs: pd.DataFrame, grid: str | None = None) -> str:
     why = ", ".join(f"{counts[s]} {s}" for s in ("failed", "not finished", "never started", "other settings")
                     if s in counts)
     return (f"PARTIAL: {finished} of {total} runs{of_grid} finished; these tables leave out the other "
-            f"{total - finished} ({why}), listed with the log to read in missing_runs.txt.")
+            f"{total - finished} ({why}), listed with the log to read in {MISSING_RUNS}.")
 
 
 def revision_warning(runs: pd.DataFrame) -> str:
@@ -203,42 +203,73 @@ def _claims(inputs: TableInputs) -> pd.DataFrame:
                         inputs.collected.operating_points)
 
 
+# The names of the files in results/<grid>/tables/, one constant each: TABLES below writes them, and the readers
+# (figures, report, the CLI) import them from here rather than spelling the names again.
+CURVES = "curves.csv"
+INDIVIDUAL_EXITS = "individual_exits.csv"
+GRADIENT_CONFLICT = "gradient_conflict.csv"
+TRAINING_LOSS = "training_loss.csv"
+TRAINING_STAGES = "training_stages.csv"
+INDIVIDUAL_EXITS_SUMMARY_CSV = "individual_exits_summary.csv"
+INDIVIDUAL_EXITS_SUMMARY_MD = "individual_exits_summary.md"
+INDIVIDUAL_EXITS_SUMMARY_TEX = "individual_exits_summary.tex"
+SPEEDUP_SUMMARY = "speedup_summary.csv"
+AUC_SUMMARY = "auc_summary.csv"
+ORACLE_SUMMARY = "oracle_summary.csv"
+PAIRWISE_SUMMARY = "pairwise_summary.csv"
+METHODS_CSV = "methods.csv"
+GRADIENT_CONFLICT_SUMMARY = "gradient_conflict_summary.csv"
+GRADIENT_CONFLICT_BY_STEP = "gradient_conflict_by_step.csv"
+CLAIMS_CSV = "claims.csv"
+CLAIMS_MD = "claims.md"
+CLAIMS_OPERATING_POINTS = "claims_operating_points.csv"
+OPERATING_POINTS = "operating_points.csv"
+ENVELOPE_GAP = "envelope_gap.csv"
+RISK_CONTROL = "risk_control.csv"
+RISK_CONTROL_COMMON = "risk_control_common.csv"
+RISK_CONTROL_SUMMARY = "risk_control_summary.csv"
+RUNS = "runs.csv"
+LATENCY = "latency.csv"
+MISSING_RUNS = "missing_runs.txt"
+STATUS = "status.txt"
+GRID = "grid.json"
+
 TABLES: dict[str, Builder] = {
-    "curves.csv": lambda i: i.collected.curves,
-    "individual_exits.csv": lambda i: i.collected.exits,
-    "gradient_conflict.csv": lambda i: i.collected.conflict,
-    "training_loss.csv": lambda i: i.collected.training_loss,
-    "training_stages.csv": lambda i: i.collected.training_stages,
-    "individual_exits_summary.csv": lambda i: individual_exits_summary(i.collected.exits),
-    "individual_exits_summary.md": lambda i: individual_exits_markdown(i.collected.exits, i.notice),
-    "individual_exits_summary.tex": lambda i: individual_exits_latex(i.collected.exits),
-    "speedup_summary.csv": lambda i: speedup_summary(i.collected.curves, i.speedups),
-    "auc_summary.csv": lambda i: auc_summary(i.collected.curves),
-    "oracle_summary.csv": lambda i: oracle_summary(i.collected.curves),
-    "pairwise_summary.csv": lambda i: pairwise_differences(i.collected.curves, i.collected.exits, i.speedups,
-                                                           i.claims.level),
+    CURVES: lambda i: i.collected.curves,
+    INDIVIDUAL_EXITS: lambda i: i.collected.exits,
+    GRADIENT_CONFLICT: lambda i: i.collected.conflict,
+    TRAINING_LOSS: lambda i: i.collected.training_loss,
+    TRAINING_STAGES: lambda i: i.collected.training_stages,
+    INDIVIDUAL_EXITS_SUMMARY_CSV: lambda i: individual_exits_summary(i.collected.exits),
+    INDIVIDUAL_EXITS_SUMMARY_MD: lambda i: individual_exits_markdown(i.collected.exits, i.notice),
+    INDIVIDUAL_EXITS_SUMMARY_TEX: lambda i: individual_exits_latex(i.collected.exits),
+    SPEEDUP_SUMMARY: lambda i: speedup_summary(i.collected.curves, i.speedups),
+    AUC_SUMMARY: lambda i: auc_summary(i.collected.curves),
+    ORACLE_SUMMARY: lambda i: oracle_summary(i.collected.curves),
+    PAIRWISE_SUMMARY: lambda i: pairwise_differences(i.collected.curves, i.collected.exits, i.speedups,
+                                                     i.claims.level),
     # every method of the grid against EE, on the claims' exit rule and measures (the report's methods section)
-    "methods.csv": lambda i: methods_summary(i.collected.curves, i.collected.exits, i.claims.exit_rule, i.targets,
-                                             i.claims.level),
-    "gradient_conflict_summary.csv": lambda i: gradient_conflict_summary(i.collected.conflict),
-    "gradient_conflict_by_step.csv": lambda i: gradient_conflict_summary(i.collected.conflict, by_step=True),
-    "claims.csv": _claims,
-    "claims.md": lambda i: claims_markdown(_claims(i), i.claims, i.notice),
-    "claims_operating_points.csv": lambda i: claims_both_ways(i.collected.curves, i.collected.exits,
-                                                              i.collected.operating_points, i.claims),
-    "operating_points.csv": lambda i: i.collected.operating_points,
-    "envelope_gap.csv": lambda i: envelope_gap(i.collected.operating_points, i.claims.level),
-    "risk_control.csv": lambda i: i.collected.risk_control,
+    METHODS_CSV: lambda i: methods_summary(i.collected.curves, i.collected.exits, i.claims.exit_rule, i.targets,
+                                           i.claims.level),
+    GRADIENT_CONFLICT_SUMMARY: lambda i: gradient_conflict_summary(i.collected.conflict),
+    GRADIENT_CONFLICT_BY_STEP: lambda i: gradient_conflict_summary(i.collected.conflict, by_step=True),
+    CLAIMS_CSV: _claims,
+    CLAIMS_MD: lambda i: claims_markdown(_claims(i), i.claims, i.notice),
+    CLAIMS_OPERATING_POINTS: lambda i: claims_both_ways(i.collected.curves, i.collected.exits,
+                                                        i.collected.operating_points, i.claims),
+    OPERATING_POINTS: lambda i: i.collected.operating_points,
+    ENVELOPE_GAP: lambda i: envelope_gap(i.collected.operating_points, i.claims.level),
+    RISK_CONTROL: lambda i: i.collected.risk_control,
     # the error risk against one target per setting and seed (computed at aggregation from the runs' logits)
-    "risk_control_common.csv": lambda i: i.collected.common_target,
-    "risk_control_summary.csv": lambda i: risk_control_summary(i.collected.risk_control, i.collected.common_target),
-    "runs.csv": lambda i: i.collected.runs,
+    RISK_CONTROL_COMMON: lambda i: i.collected.common_target,
+    RISK_CONTROL_SUMMARY: lambda i: risk_control_summary(i.collected.risk_control, i.collected.common_target),
+    RUNS: lambda i: i.collected.runs,
     # only when some run measured its latency (config latency:)
-    "latency.csv": lambda i: None if i.collected.latency.empty else i.collected.latency,
-    "missing_runs.txt": lambda i: missing_runs_text(i.collected.runs),
-    "status.txt": lambda i: "".join(line + "\n" for line in (status_line(i.collected.runs, i.grid.get("name")),
-                                                                revision_warning(i.collected.runs)) if line),
-    "grid.json": lambda i: i.grid,
+    LATENCY: lambda i: None if i.collected.latency.empty else i.collected.latency,
+    MISSING_RUNS: lambda i: missing_runs_text(i.collected.runs),
+    STATUS: lambda i: "".join(line + "\n" for line in (status_line(i.collected.runs, i.grid.get("name")),
+                                                          revision_warning(i.collected.runs)) if line),
+    GRID: lambda i: i.grid,
 }
 
 
