@@ -164,9 +164,15 @@ def latency_rows(model: nn.Module, features: list[dict], temperatures: np.ndarra
         rows.append({"strategy": "", "threshold": math.nan, "source": "full", "risk": "", "epsilon": math.nan,
                      "target_speedup": math.nan, **common, "ms_per_example": 1000 * full_seconds / n,
                      "measured_speedup": 1.0, "theoretical_speedup": 1.0})
+        timed: dict[tuple[str, float], tuple[float, np.ndarray]] = {}
         for policy in policies(points, risk):
-            seconds, exits = _time(runner, features, EXIT_RULES[policy["strategy"]], policy["threshold"],
+            # Several policies often share a threshold (targets the runs' curve reaches at the same grid point,
+            # a risk certified at the same threshold): the same computation, timed once.
+            key = (policy["strategy"], policy["threshold"])
+            if key not in timed:
+                timed[key] = _time(runner, features, EXIT_RULES[policy["strategy"]], policy["threshold"],
                                    temperatures, pad_token_id, repeats)
+            seconds, exits = timed[key]
             rows.append({**policy, **common, "ms_per_example": 1000 * seconds / n,
                          "measured_speedup": full_seconds / seconds,
                          "theoretical_speedup": 1.0 / layer_fraction(exits, costs, depth)})

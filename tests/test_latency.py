@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from test_export import _build_run, _gap_threshold, _operating_points, _risk_control, base  # noqa: F401
 
+import sweet.latency
 from sweet.cli import main
 from sweet.cost import layer_costs, layer_fraction
 from sweet.curves import load_logits
@@ -21,7 +22,12 @@ EXAMPLES = 24
 
 
 @pytest.mark.parametrize("method", ["ee", "mm"])
-def test_latency_rows(base: Path, method: str) -> None:  # noqa: F811
+def test_latency_rows(base: Path, method: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    timings: list[tuple] = []
+    real_time = sweet.latency._time
+    monkeypatch.setattr(sweet.latency, "_time", lambda runner, features, rule, threshold, *rest: (
+        timings.append((runner.buckets.max_batch, rule.name, threshold)) or real_time(runner, features, rule,
+                                                                                      threshold, *rest)))
     run = _build_run(base, method)
     threshold = _gap_threshold(run, 0.5)
     _operating_points(run, threshold)
@@ -47,6 +53,11 @@ def test_latency_rows(base: Path, method: str) -> None:  # noqa: F811
         assert row["theoretical_speedup"] == pytest.approx(expected, rel=1e-5)
         assert row["measured_speedup"] == pytest.approx(
             full[full["batch_size"] == row["batch_size"]]["ms_per_example"].iloc[0] / row["ms_per_example"], rel=1e-3)
+    # policies that share a threshold are one computation, timed once (and the full model once per batch size)
+    policies = table[table["source"] != "full"]
+    shared = policies.groupby(["batch_size", "strategy", "threshold"])["ms_per_example"]
+    assert shared.size().max() > 1 and (shared.nunique() == 1).all()
+    assert len(timings) == len(set(timings)) == shared.ngroups + 2
 
 
 def test_bad_batch_sizes_are_one_line_errors(base: Path, capsys) -> None:  # noqa: F811
