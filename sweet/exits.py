@@ -109,7 +109,6 @@ def _learned_device(probs, lte, threshold, streak, previous, first):
     return lte >= threshold, streak
 
 
-
 def _per_exit(fires: Callable[[np.ndarray, np.ndarray | None, float], np.ndarray]) -> LastFires:
     """The last-exit decision of a rule whose verdict at exit k reads exit k alone: ``fires`` on that exit only."""
 
