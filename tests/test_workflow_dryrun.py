@@ -128,6 +128,30 @@ def test_latency_is_planned_when_asked_inside_the_evaluation_group(tmp_path: Pat
         assert sum(int(m) for m in re.findall(r"\bruntime=(\d+)", members)) <= 40, members
 
 
+def test_latency_refuses_to_retrain_a_finished_run(tmp_path: Path) -> None:
+    """latency: turned on after a run finished without its model (keep_checkpoints: false) would retrain it: one
+    line says so before anything runs. A run whose latency.csv exists, or that has not been evaluated, is planned."""
+    from sweet.plan.config import load_config_file, validate
+    from sweet.plan.layout import grid_runs
+
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    config = load_config_file(str(tmp_path / "config.yaml"))
+    runs = grid_runs(config, "smoke", validate(config, base_dir=ROOT), base=tmp_path)
+    finished = Path(runs[0].calibrated_dir)
+    finished = finished if finished.is_absolute() else tmp_path / finished
+    finished.mkdir(parents=True)
+    (finished / "logits.npz").write_bytes(b"")  # evaluated; its model (keep_checkpoints: false) is gone
+    overlay = "latency: {batch_sizes: [1]}\n"
+    result = dry_run(tmp_path, "--config", "grid=smoke", overlay=overlay)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "latency: run" in errors[0] and "would retrain it" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    (finished / "latency.csv").write_text("")  # measured before: nothing to retrain for
+    result = dry_run(tmp_path, "--config", "grid=smoke", overlay=overlay)
+    assert result.returncode == 0, result.stderr
+
+
 def test_keep_checkpoints_keeps_weights(tmp_path: Path) -> None:
     """Trained weights are temp() (deleted once evaluated) unless keep_checkpoints: true."""
     model = re.compile(r"results/runs/synthetic-smoke/tiny-bert/b200/ee-[0-9a-f]{8}/s1/model\t")

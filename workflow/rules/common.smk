@@ -337,6 +337,21 @@ def latency_settings(grid=None):
     return (config["grids"][grid].get("latency") or config.get("latency")) or None
 
 
+def latency_model_inputs(wildcards):
+    """The trained model latency times; refuses a run that finished and deleted its model (keep_checkpoints: false):
+    timing it would retrain it, which no setting of the measurement should do silently."""
+    model = model_inputs(wildcards)
+    calibrated = run_of(wildcards).calibrated_dir
+    if (not Path(model[0]).exists() and Path(f"{calibrated}/{layout.LOGITS}").is_file()
+            and not Path(f"{calibrated}/{layout.LATENCY}").is_file()):
+        print(f"error: latency: run {calibrated} finished and its trained model was deleted (keep_checkpoints: "
+              "false), so timing it would retrain it; set latency: before its runs train (each model is then timed "
+              "before it is deleted), use keep_checkpoints: true, or delete the run folder to retrain it on purpose",
+              file=sys.stderr)
+        sys.exit(1)
+    return model
+
+
 def latency_files():
     """Every run's latency.csv when the grid being run asks for latency; none otherwise."""
     return run_files(layout.LATENCY) if latency_settings() else []

@@ -103,7 +103,7 @@ rule latency:
     """Opt-in (latency:): the run's compiled policies timed against its compiled full model on the job's own
     device (sweet/latency.py). Grouped with calibrate + evaluate: no submission of its own on a cluster."""
     input:
-        model=model_inputs,
+        model=latency_model_inputs,
         task_dir=task_dir,
         temperatures=f"{CAL}/{layout.TEMPERATURES}",
         points=f"{CAL}/{layout.OPERATING_POINTS}",
